@@ -1,0 +1,84 @@
+"""Run the streaming pipeline: frames in, overlays and status out over ZeroMQ.
+
+With no arguments: the synthetic ultrasound stream at 30 fps through the bundled ultrasound model on
+the CPU, publishing on tcp://127.0.0.1:5556. Stop with Ctrl-C or SIGTERM: the frame in progress
+finishes, the summary is written and the sockets close.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+
+from medstream.runtime.config import load_config
+
+HELP = "run the pipeline (default: synthetic ultrasound -> bundled model -> tcp://127.0.0.1:5556)"
+log = logging.getLogger("medstream.run")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--config", help="YAML config file (keys as in docs/CONFIG.md); flags override it")
+    p.add_argument("--source", help="source URI, e.g. synthetic://ultrasound?fps=30, zmq+tcp://127.0.0.1:5555, file://clip.mp4")
+    p.add_argument("--source-id", help="stream name carried in every message")
+    p.add_argument("--model", help="bundled model name (ultrasound, fluoroscopy) or path to an ONNX file")
+    p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"])
+    p.add_argument("--publish", help="ZeroMQ endpoint to bind for overlays and status (default tcp://127.0.0.1:5556)")
+    p.add_argument("--threads", type=int, help="inference threads (default: all usable cores)")
+    p.add_argument("--max-frames", type=int, help="stop after receiving N frames")
+    p.add_argument("--duration", type=float, help="stop after S seconds")
+    p.add_argument("--summary", help="write a JSON summary (counters, latency percentiles) here at exit")
+    p.add_argument("--max-age-ms", type=float, help="drop frames older than this instead of processing them")
+    p.add_argument("--render-rgba", action="store_true", default=None, help="add an RGBA render of the mask to each overlay")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (loopback; off by default)")
+    p.add_argument("--engine-cache", help="TensorRT engine cache directory")
+    p.add_argument("--no-build", action="store_true", default=None, help="TensorRT: refuse to build a missing engine")
+
+
+def main(args) -> int:
+    from medstream.runtime.app import build_pipeline, write_json_atomic
+
+    overrides = {k: getattr(args, k) for k in (
+        "source", "source_id", "model", "backend", "publish", "threads", "max_frames", "duration", "summary",
+        "max_age_ms", "render_rgba", "metrics_port", "engine_cache", "no_build")}
+    cfg = load_config(args.config, overrides)
+    observers = _service_observers(cfg)
+    pipeline = build_pipeline(cfg, observers=observers)
+
+    def _stop(signum, _frame):
+        log.info("received %s: finishing the current frame and stopping", signal.Signals(signum).name)
+        pipeline.stop()
+
+    def _hup(_signum, _frame):
+        log.warning("SIGHUP: live config reload is not supported; the stream continues unchanged. "
+                    "Restart the service (systemctl restart medstream) to apply a new config.")
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, _hup)
+    try:
+        pipeline.prepare()
+        summary = pipeline.run(max_frames=cfg.max_frames, duration_s=cfg.duration)
+    finally:
+        pipeline.publisher.close()
+    if cfg.summary:
+        write_json_atomic(cfg.summary, summary)
+    c = summary["counters"]
+    lat = summary["latency_ms"].get("total", {})
+    print(json.dumps({"received": c["received"], "processed": c["processed"], "published": c["published"],
+                      "dropped": c["dropped"], "accounting_ok": summary["accounting_ok"],
+                      "latency_ms_p50": lat.get("p50"), "latency_ms_p99": lat.get("p99")}), file=sys.stdout)
+    return 0 if summary["accounting_ok"] else 1
+
+
+def _service_observers(cfg) -> list:
+    """systemd notify and Prometheus metrics observers, when available (issue 7's modules)."""
+    observers = []
+    try:
+        from medstream.runtime.service import make_observers
+    except ImportError:
+        return observers
+    observers.extend(make_observers(cfg))
+    return observers

@@ -1,0 +1,115 @@
+"""Publish a phantom ultrasound or fluoroscopy stream over ZeroMQ, like a scanner would.
+
+``medstream run --source zmq+tcp://127.0.0.1:5555`` subscribes to it. ``--truth`` adds the ground
+truth mask to each frame message as a fourth part so any consumer can score overlays live (the
+runtime ignores it).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+
+HELP = "publish a synthetic ultrasound/fluoroscopy stream over ZeroMQ"
+log = logging.getLogger("medstream.simulate")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--kind", choices=["ultrasound", "fluoroscopy"], default="ultrasound")
+    p.add_argument("--rate", type=float, default=None, help="frames per second (default 30 ultrasound, 15 fluoroscopy)")
+    p.add_argument("--publish", default="tcp://127.0.0.1:5555", help="endpoint to bind (default tcp://127.0.0.1:5555)")
+    p.add_argument("--frames", type=int, default=None, help="stop after N frames (default: run until stopped)")
+    p.add_argument("--truth", action="store_true", help="attach the ground-truth mask to each frame")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--source-id", default=None)
+    p.add_argument("--wait-subscribers", type=int, default=0,
+                   help="wait until this many subscribers have joined before the first frame (no frame lost to a late joiner)")
+    p.add_argument("--wait-timeout", type=float, default=30.0, help="seconds to wait for subscribers")
+
+
+def main(args) -> int:
+    import zmq
+
+    from medstream.runtime.errors import ConfigError, SourceEnded
+    from medstream.runtime.sources import open_source
+    from medstream.runtime.wire import encode_frame
+
+    rate = args.rate if args.rate is not None else (30.0 if args.kind == "ultrasound" else 15.0)
+    if rate < 0:
+        raise ConfigError(f"--rate {rate} is negative", "give frames per second, or 0 for as fast as possible")
+    uri = f"synthetic://{args.kind}?fps={rate}&seed={args.seed}&width={args.width}&height={args.height}&truth={int(args.truth)}"
+    if args.frames is not None:
+        uri += f"&frames={args.frames}"
+    source = open_source(uri, source_id=args.source_id or f"sim-{args.kind}")
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.XPUB)  # XPUB: we can see subscriptions arrive (for --wait-subscribers)
+    sock.setsockopt(zmq.SNDHWM, 8)
+    sock.setsockopt(zmq.LINGER, 2000)
+    try:
+        sock.bind(args.publish)
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        raise ConfigError(f"cannot bind {args.publish}: {exc.strerror}",
+                          "another process uses this port: stop it or pick another --publish") from None
+    stop = {"flag": False}
+    signal.signal(signal.SIGINT, lambda *_: stop.__setitem__("flag", True))
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))
+    _wait_for_subscribers(sock, args.wait_subscribers, args.wait_timeout)
+    log.info("publishing %s at %.1f fps on %s", args.kind, rate, sock.getsockopt_string(zmq.LAST_ENDPOINT))
+    sent = 0
+    source.open()
+    try:
+        while not stop["flag"]:
+            try:
+                frame = source.read(timeout=0.2)
+            except SourceEnded:
+                break
+            if frame is None:
+                continue
+            sock.send_multipart(encode_frame(frame), copy=False)
+            sent += 1
+            _drain_subscriptions(sock)
+    finally:
+        source.close()
+        time.sleep(0.05)
+        sock.close()
+    log.info("sent %d frames", sent)
+    print(f"sent {sent} frames")
+    return 0
+
+
+def _drain_subscriptions(sock) -> int:
+    import zmq
+
+    joined = 0
+    while True:
+        try:
+            msg = sock.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return joined
+        if msg[:1] == b"\x01":
+            joined += 1
+
+
+def _wait_for_subscribers(sock, n: int, timeout: float) -> None:
+    import zmq
+
+    from medstream.runtime.errors import SourceError
+
+    if n <= 0:
+        return
+    joined, deadline = 0, time.monotonic() + timeout
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    while joined < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise SourceError(f"only {joined} of {n} subscribers joined within {timeout:.0f} s",
+                              "start the consumer (medstream run --source zmq+tcp://...) or lower --wait-subscribers")
+        if poller.poll(int(left * 1000)):
+            msg = sock.recv()
+            if msg[:1] == b"\x01":
+                joined += 1

@@ -1,0 +1,111 @@
+"""Assemble a pipeline from a :class:`~medstream.runtime.config.RunConfig`, checking everything first.
+
+Order matters: the model file, its contract and the source URI are validated *before* any socket
+is bound or thread started, so a bad configuration is refused with nothing left half-running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from medstream.runtime.backends import choose_backend, load_backend
+from medstream.runtime.config import RunConfig
+from medstream.runtime.contract import ModelContract, read_contract, resolve_contract
+from medstream.runtime.errors import ContractError, MedstreamError, ModelLoadError
+from medstream.runtime.observers import PipelineObserver
+from medstream.runtime.pipeline import Pipeline
+from medstream.runtime.publisher import Publisher
+from medstream.runtime.sources import open_source
+from medstream.runtime.version import __version__, git_commit
+
+log = logging.getLogger("medstream.app")
+
+
+def resolve_model_path(model: str) -> Path:
+    """A bundled model name (``ultrasound``, ``fluoroscopy``) or a path to an ONNX/engine file."""
+    from medstream.runtime.models import bundled_model_path
+
+    return Path(bundled_model_path(model))
+
+
+def load_contract(model_path: Path, overrides: dict[str, Any] | None) -> ModelContract:
+    """The model's contract merged with config overrides; a corrupt file is a :class:`ModelLoadError`."""
+    if not model_path.is_file():
+        raise ModelLoadError(f"model file {model_path} does not exist",
+                             "check --model; bundled models: ultrasound, fluoroscopy")
+    try:
+        embedded = read_contract(model_path)
+    except ContractError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"model file {model_path} cannot be read as ONNX: {str(exc)[:200]}",
+                             "the file is corrupt or truncated; re-export it or restore a good copy") from None
+    return resolve_contract(embedded, overrides, str(model_path))
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def config_hash(cfg: RunConfig) -> str:
+    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:12]
+
+
+def backend_options(cfg: RunConfig, name: str) -> dict[str, Any]:
+    if name == "tensorrt":
+        opts: dict[str, Any] = {"no_build": cfg.no_build}
+        if cfg.engine_cache:
+            opts["cache_dir"] = cfg.engine_cache
+        return opts
+    return {"intra_op_threads": cfg.threads}
+
+
+def build_pipeline(cfg: RunConfig, observers: list[PipelineObserver] | None = None, context: Any = None,
+                   security: Any = None) -> Pipeline:
+    """Validate ``cfg`` and construct the pipeline (backend not yet loaded: call ``prepare()``)."""
+    model_path = resolve_model_path(cfg.model)
+    contract = load_contract(model_path, cfg.contract)
+    source = open_source(cfg.source, source_id=cfg.source_id)
+    backend_name, why = choose_backend(cfg.backend)
+    backend = load_backend(backend_name, str(model_path), contract, **backend_options(cfg, backend_name))
+    publisher = Publisher(cfg.publish, cfg.send_hwm, context=context, security=security)
+    log.info(
+        "medstream %s (commit %s) starting: config %s, model %s (sha256 %s, id %s), backend %s (%s), source %s, publish %s, "
+        "python %s on %s",
+        __version__, git_commit(), config_hash(cfg), model_path.name, sha256_file(model_path)[:12], contract.model_id,
+        backend_name, why, cfg.source, publisher.bound_endpoint, platform.python_version(), platform.machine(),
+        extra={"fields": {"event": "start", "version": __version__, "commit": git_commit(), "config_hash": config_hash(cfg),
+                          "model": str(model_path), "backend": backend_name, "source": cfg.source,
+                          "publish": publisher.bound_endpoint}},
+    )
+    return Pipeline(source, backend, publisher, observers=observers, max_age_ms=cfg.max_age_ms,
+                    render_rgba=cfg.render_rgba, roi=cfg.roi, status_interval_s=cfg.status_interval_s,
+                    stall_timeout_s=cfg.stall_timeout_s, warmup_runs=cfg.warmup_runs, inject=cfg.inject)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON via a temporary file and rename, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+__all__ = ["build_pipeline", "load_contract", "resolve_model_path", "write_json_atomic", "MedstreamError"]

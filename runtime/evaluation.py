@@ -1,0 +1,476 @@
+"""The accuracy oracle: Dice and IoU per class of a model on frames with ground truth.
+
+``medstream evaluate``, the reference-model tests and the INT8 calibration checks all measure
+accuracy here, through the runtime's own :class:`~medstream.runtime.preprocess.Preprocessor` and
+:class:`~medstream.runtime.postprocess.Postprocessor`, so the number reported is the accuracy of what
+production runs, not of a training-time reimplementation. This module never imports torch.
+
+Which number is the headline
+----------------------------
+Per class, Dice and IoU are computed from true/false positives and false negatives **accumulated over
+all frames** (one big confusion matrix). That is the standard for thin structures such as needles and
+guidewires: a frame where the needle is 40 pixels contributes 40 pixels' worth, instead of one
+frame's worth of a ratio that swings from 0 to 1 on a handful of pixels. The mean of per-frame Dice
+over the frames where the class is present in the truth is reported beside it, because it shows
+whether errors concentrate on a few frames. "Mean foreground Dice" is the mean of the accumulated
+Dice over the non-background classes.
+
+Data
+----
+* ``synthetic://ultrasound?seed=10000`` (or ``fluoroscopy``): the phantom, rendered with the same
+  parameters as the ``synthetic://`` source (``width``, ``height``, ``fps``, ``seed``, ``probe``,
+  ``start``), without real-time pacing. Two evaluation-only parameters: ``scenes=K`` spreads the
+  frames over seeds ``seed .. seed+K-1`` (a seed is one anatomy; several give a fairer number), and
+  ``stride=S`` takes every S-th frame. Held-out evaluation uses seeds >= 10000, which training never uses.
+* A folder of frames with truth masks: ``images/`` + ``masks/`` sub-folders with matching file
+  stems, or ``NAME.npy`` next to ``NAME_mask.npy`` (``.png`` works too), or ``.npz`` files holding
+  ``image`` and ``mask`` arrays.
+* Any other source URI whose frames carry ``truth``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from medstream.runtime.contract import ModelContract, read_contract, resolve_contract
+from medstream.runtime.errors import ConfigError, ContractError, SourceEnded
+from medstream.runtime.postprocess import Postprocessor
+from medstream.runtime.preprocess import Preprocessor
+from medstream.runtime.sources.base import parse_uri
+
+IMAGE_SUFFIXES = (".npy", ".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
+MASK_TAGS = ("_mask", ".mask", "-mask")
+
+
+# ------------------------------------------------------------------------------------ metrics
+def confusion_from_masks(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> np.ndarray:
+    """Confusion matrix ``C[truth_class, predicted_class]`` (int64 pixel counts) of two class maps.
+
+    Raises
+    ------
+    ContractError
+        When the masks differ in shape or hold class ids outside ``0 .. n_classes-1``.
+    """
+    if pred.shape != truth.shape:
+        raise ContractError(f"prediction {pred.shape} and truth {truth.shape} masks differ in shape",
+                            "resize the truth to the model's output resolution (INTER_NEAREST) first")
+    p = pred.ravel().astype(np.int64, copy=False)
+    t = truth.ravel().astype(np.int64, copy=False)
+    for name, arr in (("prediction", p), ("truth", t)):
+        if arr.size and (arr.min() < 0 or arr.max() >= n_classes):
+            raise ContractError(f"{name} mask holds class id {int(arr.max())}, but the model has {n_classes} classes",
+                                "check the contract's class list against the masks")
+    return np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def dice_iou_from_confusion(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class Dice and IoU from a confusion matrix; NaN where a class is neither present nor predicted."""
+    tp = np.diag(conf).astype(np.float64)
+    fp = conf.sum(axis=0) - tp
+    fn = conf.sum(axis=1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dice = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
+        iou = np.where(tp + fp + fn > 0, tp / (tp + fp + fn), np.nan)
+    return dice, iou
+
+
+# ------------------------------------------------------------------------------------ data
+def find_image_mask_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
+    """Pairs ``(image file, mask file)`` in a folder of frames with truth masks, sorted by name.
+
+    Layouts accepted: ``images/`` + ``masks/`` sub-folders with the same stems; or ``NAME.ext`` next to
+    ``NAME_mask.ext`` (also ``NAME.mask.ext``, ``NAME-mask.ext``); ``.npz`` files holding ``image`` and
+    ``mask`` (paired with themselves). Training on user data (``medstream train --data``) uses the same.
+
+    Raises
+    ------
+    ConfigError
+        The folder does not exist or holds no pairs; the message says which layouts are understood.
+    """
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"data folder {root} does not exist", "give a folder of frames with truth masks")
+    pairs: list[tuple[Path, Path]] = []
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        masks = {p.stem: p for p in (root / "masks").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        for img in sorted((root / "images").iterdir()):
+            if img.suffix.lower() in IMAGE_SUFFIXES and img.stem in masks:
+                pairs.append((img, masks[img.stem]))
+    else:
+        files = sorted(p for p in root.iterdir() if p.is_file())
+        by_name = {p.name: p for p in files}
+        for f in files:
+            if f.suffix.lower() == ".npz":
+                pairs.append((f, f))
+                continue
+            if f.suffix.lower() not in IMAGE_SUFFIXES or any(f.stem.endswith(tag) for tag in MASK_TAGS):
+                continue
+            for tag in MASK_TAGS:
+                match = next((by_name[f"{f.stem}{tag}{ext}"] for ext in IMAGE_SUFFIXES
+                              if f"{f.stem}{tag}{ext}" in by_name), None)
+                if match is not None:
+                    pairs.append((f, match))
+                    break
+    if not pairs:
+        raise ConfigError(
+            f"no frame/mask pairs found in {root}",
+            "use images/ + masks/ sub-folders with matching names, or NAME.npy beside NAME_mask.npy "
+            "(.png also works), or .npz files with 'image' and 'mask' arrays",
+        )
+    return pairs
+
+
+def load_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray, str]:
+    """Load one frame and its truth mask: ``(image, mask uint8 HxW, colour order)``."""
+    if image_path.suffix.lower() == ".npz":
+        with np.load(image_path) as data:
+            key = "mask" if "mask" in data else "truth"
+            if "image" not in data or key not in data:
+                raise ConfigError(f"{image_path} lacks an 'image' or 'mask' array (it has {sorted(data.files)})",
+                                  "save frames with np.savez(path, image=..., mask=...)")
+            image, mask = data["image"], data[key]
+        color = "rgb" if image.ndim == 3 and image.shape[2] == 3 else "gray"
+    else:
+        image = _read_array(image_path)
+        mask = _read_array(mask_path)
+        # OpenCV decodes colour files as BGR; .npy frames are taken as RGB (numpy convention).
+        color = "gray" if image.ndim == 2 else ("bgr" if image_path.suffix.lower() != ".npy" else "rgb")
+    if mask.ndim == 3 and mask.shape[2] == 1:
+        mask = mask[:, :, 0]
+    if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer):
+        raise ConfigError(f"truth mask {mask_path} must be a 2-D integer class map, got {mask.dtype} {mask.shape}",
+                          "store masks as HxW uint8 arrays of class ids (0 = background)")
+    if mask.shape != image.shape[:2]:
+        raise ConfigError(f"truth mask {mask_path} is {mask.shape}, its frame {image_path} is {image.shape[:2]}",
+                          "masks must have the frame's height and width")
+    return image, mask.astype(np.uint8, copy=False), color
+
+
+def _read_array(path: Path) -> np.ndarray:
+    if path.suffix.lower() == ".npy":
+        return np.load(path, allow_pickle=False)
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise ConfigError(f"cannot read image file {path}", "check that it is a valid PNG/TIFF/JPEG file")
+    return arr
+
+
+def iter_frames_with_truth(data_uri: str, frames: int) -> Iterator[tuple[np.ndarray, np.ndarray, str]]:
+    """Up to ``frames`` tuples ``(image, truth mask, colour order)`` from a data URI (see module doc)."""
+    if frames <= 0:
+        raise ConfigError(f"frames must be positive, got {frames}", "pass --frames N with N >= 1")
+    uri = parse_uri(data_uri)
+    if uri.scheme == "synthetic":
+        yield from _synthetic_frames(data_uri, frames)
+        return
+    local = Path(uri.path if uri.scheme == "file" else "")
+    if uri.scheme == "file" and local.is_dir():
+        for count, (img, msk) in enumerate(find_image_mask_pairs(local)):
+            if count >= frames:
+                return
+            yield load_pair(img, msk)
+        return
+    from medstream.runtime.sources import open_source
+
+    source = open_source(data_uri)
+    source.open()
+    try:
+        count = 0
+        while count < frames:
+            try:
+                frame = source.read(timeout=5.0)
+            except SourceEnded:
+                return
+            if frame is None:
+                continue
+            if frame.truth is None:
+                raise ConfigError(f"source {data_uri} gives frames without ground truth",
+                                  "evaluate on synthetic:// frames or on a folder of frames with masks")
+            yield frame.image, frame.truth, frame.color_order
+            count += 1
+    finally:
+        source.close()
+
+
+def _synthetic_frames(data_uri: str, frames: int) -> Iterator[tuple[np.ndarray, np.ndarray, str]]:
+    from medstream.runtime.phantom import make_phantom
+
+    uri = parse_uri(data_uri)
+    kind = (uri.netloc or uri.path.strip("/")).lower()
+    seed = uri.param("seed", 0, int)
+    scenes = max(1, uri.param("scenes", 1, int))
+    stride = max(1, uri.param("stride", 1, int))
+    start = uri.param("start", 0, int)
+    fps = uri.param("fps", 0.0, float)
+    params: dict[str, Any] = {"height": uri.param("height", 256, int), "width": uri.param("width", 256, int)}
+    if fps > 0:
+        params["fps"] = fps
+    if "probe" in uri.params and kind == "ultrasound":
+        params["probe"] = uri.params["probe"]
+    per_scene = math.ceil(frames / scenes)
+    produced = 0
+    for scene in range(scenes):
+        try:
+            phantom = make_phantom(kind, seed=seed + scene, **params)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"cannot build the phantom for {data_uri!r}: {exc}",
+                              "use synthetic://ultrasound or synthetic://fluoroscopy with valid parameters") from None
+        for i in range(per_scene):
+            if produced >= frames:
+                return
+            image, mask = phantom.render(start + i * stride)
+            yield image, mask, "gray"
+            produced += 1
+
+
+def truth_at(mask: np.ndarray, height: int, width: int, roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """The truth mask cropped to ``roi`` and resized to ``height x width`` with INTER_NEAREST (class ids stay ids)."""
+    if roi is not None:
+        x, y, w, h = roi
+        mask = mask[y:y + h, x:x + w]
+    if mask.shape == (height, width):
+        return mask
+    return cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+def iter_eval_batches(contract: ModelContract, data_uri: str, frames: int, batch: int = 1,
+                      roi: tuple[int, int, int, int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Model inputs with their truth: ``(input (B, ...) array, truth (B, H, W) uint8)`` at the model's resolution.
+
+    The input is made by the runtime's :class:`Preprocessor` (a fresh array each time, safe to keep),
+    so calibration collects statistics on exactly what the model sees in production.
+    """
+    pre = Preprocessor(contract, roi=roi)
+    h, w = contract.input.height, contract.input.width
+    inputs: list[np.ndarray] = []
+    truths: list[np.ndarray] = []
+    for image, mask, color in iter_frames_with_truth(data_uri, frames):
+        inputs.append(pre(image, color).copy())
+        truths.append(truth_at(mask, h, w, roi))
+        if len(inputs) == batch:
+            yield np.concatenate(inputs, axis=0), np.stack(truths)
+            inputs, truths = [], []
+    if inputs:
+        yield np.concatenate(inputs, axis=0), np.stack(truths)
+
+
+# ------------------------------------------------------------------------------------ report
+@dataclass
+class ClassScores:
+    """Scores of one class. ``dice``/``iou`` are accumulated over all frames (the headline)."""
+
+    name: str
+    dice: float | None
+    iou: float | None
+    dice_per_frame: float | None  # mean over frames where the class is present in the truth
+    iou_per_frame: float | None
+    true_positive_px: int
+    false_positive_px: int
+    false_negative_px: int
+    frames_present: int  # frames whose truth contains the class
+    frames_false_alarm: int  # frames predicting the class where the truth has none
+
+
+@dataclass
+class EvaluationReport:
+    """What :func:`evaluate_model` measured; ``to_json()`` for machines, ``to_table()`` for people."""
+
+    model_path: str
+    model_id: str
+    model_sha256: str
+    backend: dict[str, Any]
+    data_uri: str
+    frames: int
+    classes: list[ClassScores]
+    mean_foreground_dice: float | None
+    mean_foreground_iou: float | None
+    pixel_accuracy: float
+    confusion: list[list[int]]
+    compute_ms_per_frame: float
+    headline: str = "accumulated"
+    notes: list[str] = field(default_factory=list)
+
+    def dice(self, name: str) -> float | None:
+        """Accumulated Dice of class ``name``."""
+        return self._cls(name).dice
+
+    def iou(self, name: str) -> float | None:
+        return self._cls(name).iou
+
+    def _cls(self, name: str) -> ClassScores:
+        for c in self.classes:
+            if c.name == name:
+                return c
+        raise KeyError(f"no class {name!r}; classes are {[c.name for c in self.classes]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def to_table(self) -> str:
+        def f(v: float | None) -> str:
+            return "   -  " if v is None else f"{v:6.4f}"
+
+        short = self.model_sha256[:12]
+        lines = [
+            f"model    {self.model_id}  ({self.model_path}, sha256 {short}...)",
+            f"data     {self.data_uri}  ({self.frames} frames)",
+            f"backend  {self.backend.get('backend', '?')} on {self.backend.get('device', '?')}, "
+            f"{self.backend.get('precision', '?')}, {self.compute_ms_per_frame:.1f} ms/frame compute",
+            "",
+            f"{'class':<16}{'Dice':>8}{'IoU':>8}{'Dice/frame':>12}{'IoU/frame':>11}{'frames':>8}{'false-alarm':>13}",
+        ]
+        for c in self.classes:
+            lines.append(f"{c.name:<16}{f(c.dice):>8}{f(c.iou):>8}{f(c.dice_per_frame):>12}{f(c.iou_per_frame):>11}"
+                         f"{c.frames_present:>8}{c.frames_false_alarm:>13}")
+        lines += [
+            "",
+            f"mean foreground Dice {f(self.mean_foreground_dice).strip()}   IoU {f(self.mean_foreground_iou).strip()}"
+            f"   pixel accuracy {self.pixel_accuracy:.4f}",
+            "Dice/IoU: accumulated over all frames (headline); /frame: mean over frames where the class is present.",
+        ]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+class _Accumulator:
+    """Confusion matrix plus the per-frame sums the report needs."""
+
+    def __init__(self, n_classes: int) -> None:
+        self.n = n_classes
+        self.conf = np.zeros((n_classes, n_classes), np.int64)
+        self.frame_dice_sum = np.zeros(n_classes)
+        self.frame_iou_sum = np.zeros(n_classes)
+        self.present = np.zeros(n_classes, np.int64)
+        self.false_alarm = np.zeros(n_classes, np.int64)
+        self.frames = 0
+
+    def add(self, pred: np.ndarray, truth: np.ndarray) -> None:
+        conf = confusion_from_masks(pred, truth, self.n)
+        self.conf += conf
+        self.frames += 1
+        in_truth = conf.sum(axis=1) > 0
+        in_pred = conf.sum(axis=0) > 0
+        dice, iou = dice_iou_from_confusion(conf)
+        self.frame_dice_sum[in_truth] += dice[in_truth]
+        self.frame_iou_sum[in_truth] += iou[in_truth]
+        self.present += in_truth
+        self.false_alarm += in_pred & ~in_truth
+
+    def scores(self, names: tuple[str, ...]) -> list[ClassScores]:
+        dice, iou = dice_iou_from_confusion(self.conf)
+        tp = np.diag(self.conf)
+        out = []
+        for i, name in enumerate(names):
+            k = self.present[i]
+            out.append(ClassScores(
+                name=name, dice=_nan_to_none(dice[i]), iou=_nan_to_none(iou[i]),
+                dice_per_frame=float(self.frame_dice_sum[i] / k) if k else None,
+                iou_per_frame=float(self.frame_iou_sum[i] / k) if k else None,
+                true_positive_px=int(tp[i]), false_positive_px=int(self.conf[:, i].sum() - tp[i]),
+                false_negative_px=int(self.conf[i, :].sum() - tp[i]),
+                frames_present=int(k), frames_false_alarm=int(self.false_alarm[i]),
+            ))
+        return out
+
+
+def evaluate_model(model_path: str | Path, data_uri: str, frames: int, backend: str = "onnxruntime",
+                   contract_overrides: dict[str, Any] | None = None, batch: int = 1,
+                   roi: tuple[int, int, int, int] | None = None, **backend_options: Any) -> EvaluationReport:
+    """Run a segmentation model on ``frames`` frames with truth and score it per class.
+
+    Parameters
+    ----------
+    model_path
+        ONNX file (or engine, for the TensorRT backend).
+    data_uri
+        ``synthetic://...``, a folder of frames with masks, or a source whose frames carry truth.
+    frames
+        How many frames to evaluate.
+    backend
+        ``"onnxruntime"`` (default), ``"tensorrt"`` or ``"auto"``.
+    contract_overrides
+        The config's ``contract:`` facts, for models without an embedded contract (or to override it).
+    batch
+        Frames per inference; above 1 the model must have been exported with a dynamic batch axis.
+    backend_options
+        Passed to the backend (e.g. ``intra_op_threads=2``).
+    """
+    from medstream.runtime.backends import load_backend
+
+    path = str(model_path)
+    embedded = read_contract(path) if path.endswith(".onnx") else None
+    contract = resolve_contract(embedded, contract_overrides, path)
+    if contract.task != "segmentation":
+        raise ContractError(f"model {path} is a {contract.task} model; evaluate scores segmentation models only",
+                            "evaluate a segmentation model, or score this one with your own tool")
+    notes: list[str] = []
+    if batch > 1 and not contract.input.dynamic_batch:
+        notes.append(f"batch {batch} asked, but the model's batch axis is static: evaluated one frame at a time")
+        batch = 1
+    engine = load_backend(backend, path, contract, **backend_options)
+    engine.activate()
+    post = Postprocessor(contract)
+    acc = _Accumulator(len(contract.classes))
+    compute_ms = 0.0
+    try:
+        engine.warm_up(2)
+        for inputs, truths in iter_eval_batches(contract, data_uri, frames, batch, roi):
+            outputs = engine.infer({contract.input.name: inputs})
+            compute_ms += engine.last_compute_ms
+            for i in range(inputs.shape[0]):
+                one = {k: np.asarray(v)[i:i + 1] for k, v in outputs.items()}
+                pred = post.class_map(one)
+                truth = truths[i]
+                if truth.shape != pred.shape:
+                    truth = cv2.resize(truth, (pred.shape[1], pred.shape[0]), interpolation=cv2.INTER_NEAREST)
+                acc.add(pred, truth)
+        described = engine.describe()
+    finally:
+        engine.deactivate()
+    if acc.frames == 0:
+        raise ConfigError(f"no frames could be read from {data_uri}", "check the data URI or folder")
+    scores = acc.scores(contract.class_names)
+    fg = scores[1:]
+    fg_dice = [c.dice for c in fg if c.dice is not None]
+    fg_iou = [c.iou for c in fg if c.iou is not None]
+    if len(fg_dice) < len(fg):
+        notes.append("some foreground classes were never present nor predicted; they are left out of the mean")
+    return EvaluationReport(
+        model_path=path, model_id=contract.model_id, model_sha256=file_sha256(path),
+        backend={k: v for k, v in described.items() if isinstance(v, str | int | float | list)},
+        data_uri=data_uri, frames=acc.frames, classes=scores,
+        mean_foreground_dice=float(np.mean(fg_dice)) if fg_dice else None,
+        mean_foreground_iou=float(np.mean(fg_iou)) if fg_iou else None,
+        pixel_accuracy=float(np.trace(acc.conf) / max(1, acc.conf.sum())),
+        confusion=acc.conf.tolist(), compute_ms_per_frame=compute_ms / acc.frames, notes=notes,
+    )
+
+
+__all__ = [
+    "ClassScores", "EvaluationReport", "confusion_from_masks", "dice_iou_from_confusion", "evaluate_model",
+    "file_sha256", "find_image_mask_pairs", "iter_eval_batches", "iter_frames_with_truth", "load_pair", "truth_at",
+]

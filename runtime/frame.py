@@ -1,0 +1,80 @@
+"""The two types that cross every boundary in medstream: :class:`Frame` and :class:`Overlay`.
+
+A frame is what a source produced (pixels plus when and in what order it was captured); an overlay is
+what the pipeline made of exactly one frame. The overlay repeats the frame's ``seq`` and
+``t_capture_ns`` so a consumer can always tell which frame a mask belongs to and how old it is.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+def now_ns() -> int:
+    """Wall-clock UNIX-epoch nanoseconds: comparable across processes on one host."""
+    return time.time_ns()
+
+
+@dataclass(slots=True)
+class Frame:
+    """One captured image.
+
+    Attributes
+    ----------
+    seq
+        Sequence number given by the source, increasing by one per captured frame. Gaps in it show
+        frames lost before medstream saw them.
+    t_capture_ns
+        UNIX-epoch nanoseconds at capture (wall clock, so other processes can compute age).
+    image
+        ``uint8`` (or ``uint16``) pixels, ``HxW`` (grey) or ``HxWxC`` (``C`` in 1, 3, 4; colour order
+        given by the source, BGR for OpenCV captures).
+    source_id
+        Names the stream, so several streams can share one socket.
+    truth
+        Optional ground-truth class map (synthetic sources); the runtime never uses it for inference.
+    t_receive_ns
+        ``time.perf_counter_ns()`` when this process received the frame; in-process stage timing only.
+    """
+
+    seq: int
+    t_capture_ns: int
+    image: np.ndarray
+    source_id: str = "default"
+    truth: np.ndarray | None = None
+    t_receive_ns: int = 0
+    color_order: str = "gray"  # gray | bgr | rgb | bgra | rgba
+
+
+@dataclass(slots=True)
+class Contour:
+    """One closed outline of a class region, in frame pixel coordinates (x, y)."""
+
+    class_id: int
+    points: np.ndarray  # (N, 2) int32
+
+
+@dataclass(slots=True)
+class Overlay:
+    """What the pipeline publishes for one frame.
+
+    ``mask`` is the class map at the model's resolution; ``frame_size`` is the source frame's
+    ``(height, width)`` so a consumer can scale it. Contours are already in frame coordinates.
+    """
+
+    seq: int
+    t_capture_ns: int
+    source_id: str
+    model_id: str
+    class_names: tuple[str, ...]
+    class_colors: tuple[tuple[int, int, int], ...]
+    mask: np.ndarray
+    frame_size: tuple[int, int]
+    contours: list[Contour] = field(default_factory=list)
+    areas_px: dict[str, int] = field(default_factory=dict)
+    stages_ms: dict[str, float] = field(default_factory=dict)
+    t_publish_ns: int = 0
+    rgba: np.ndarray | None = None

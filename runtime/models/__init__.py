@@ -1,0 +1,65 @@
+"""The reference models bundled with medstream, trained on the phantom streams (see README.md here).
+
+``bundled_model_path("ultrasound")`` gives the vessel + needle segmenter, ``"fluoroscopy"`` the
+guidewire/catheter segmenter. Both carry their model contract inside the ONNX file, so nothing else
+is needed to run them. They are trained and exported reproducibly by
+``python -m medstream.export.reference_models --out runtime/models``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medstream.runtime.errors import ConfigError, ModelLoadError
+
+MODELS_DIR = Path(__file__).resolve().parent
+
+#: bundled name -> file name in this folder
+BUNDLED: dict[str, str] = {
+    "ultrasound": "ultrasound_unet.onnx",
+    "fluoroscopy": "fluoroscopy_unet.onnx",
+}
+
+
+def bundled_model_path(name: str | Path) -> Path:
+    """The path of a bundled model by name, or ``name`` itself when it is a model file.
+
+    Parameters
+    ----------
+    name
+        ``"ultrasound"`` or ``"fluoroscopy"``, or a path to an existing model file (returned as is,
+        so every ``--model`` option can take either).
+
+    Raises
+    ------
+    ConfigError
+        ``name`` is neither a bundled model nor an existing file; the message lists the bundled names.
+    ModelLoadError
+        The bundled file is missing from the installation.
+    """
+    text = str(name)
+    key = text.strip().lower()
+    if key in BUNDLED:
+        path = MODELS_DIR / BUNDLED[key]
+        if not path.is_file():
+            raise ModelLoadError(
+                f"the bundled {key} model {path} is missing from this installation",
+                "reinstall medstream, or rebuild it with: python -m medstream.export.reference_models --out "
+                f"{MODELS_DIR}",
+            )
+        return path
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    raise ConfigError(
+        f"model {text!r} is neither a bundled model nor an existing file",
+        f"use one of the bundled models ({', '.join(sorted(BUNDLED))}) or the path of an .onnx/.engine file",
+    )
+
+
+def bundled_names() -> tuple[str, ...]:
+    """Names accepted by :func:`bundled_model_path`."""
+    return tuple(sorted(BUNDLED))
+
+
+__all__ = ["BUNDLED", "MODELS_DIR", "bundled_model_path", "bundled_names"]

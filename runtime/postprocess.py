@@ -1,0 +1,82 @@
+"""Postprocessing: model outputs become an overlay (class map, contours, per-class area).
+
+The class map is made at the model's resolution (argmax over the class axis) into a reused buffer;
+contours are traced on it and scaled to the source frame's pixel coordinates, so a consumer can draw
+them straight onto the frame it captured.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+from medstream.runtime.contract import ModelContract
+from medstream.runtime.frame import Contour
+
+
+class Postprocessor:
+    """Turns the primary output of a segmentation model into ``(mask, contours, areas)``.
+
+    Parameters
+    ----------
+    contract
+        Names the primary output, its layout and the classes.
+    contour_epsilon_px
+        Douglas-Peucker tolerance for contour simplification (model pixels); keeps messages small.
+    """
+
+    def __init__(self, contract: ModelContract, contour_epsilon_px: float = 1.0, max_contours_per_class: int = 16) -> None:
+        self.contract = contract
+        out = contract.primary_output
+        self.output_name = out.name
+        self.kind = out.kind
+        self.class_axis = 1 if out.layout == "NCHW" else -1
+        self.n_classes = len(contract.classes)
+        h, w = contract.input.height, contract.input.width
+        self.mask = np.empty((h, w), np.uint8)
+        self._index = np.empty((h, w), np.intp)
+        self.epsilon = contour_epsilon_px
+        self.max_contours = max_contours_per_class
+
+    def class_map(self, outputs: dict[str, Any]) -> np.ndarray:
+        """The uint8 class map (a reused buffer: copy to keep)."""
+        y = outputs[self.output_name]
+        y = y[0] if y.ndim == 4 else y
+        if self.kind == "mask":
+            np.copyto(self.mask, y.reshape(self.mask.shape), casting="unsafe")
+            return self.mask
+        axis = 0 if self.class_axis == 1 else -1
+        if y.shape[-2:] != self.mask.shape and axis == 0 or axis == -1 and y.shape[:2] != self.mask.shape:
+            # Output at another resolution than the input (some models downsample): allocate once.
+            spatial = y.shape[-2:] if axis == 0 else y.shape[:2]
+            self.mask = np.empty(spatial, np.uint8)
+            self._index = np.empty(spatial, np.intp)
+        np.argmax(y, axis=axis, out=self._index)
+        np.copyto(self.mask, self._index, casting="unsafe")
+        return self.mask
+
+    def contours(self, mask: np.ndarray, frame_size: tuple[int, int]) -> list[Contour]:
+        """Outer contours of every foreground class, in frame coordinates ``(x, y)``."""
+        fh, fw = frame_size
+        mh, mw = mask.shape
+        sx, sy = fw / mw, fh / mh
+        result: list[Contour] = []
+        for class_id in range(1, self.n_classes):
+            binary = (mask == class_id).view(np.uint8)
+            if not binary.any():
+                continue
+            found, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            found = sorted(found, key=cv2.contourArea, reverse=True)[: self.max_contours]
+            for c in found:
+                c = cv2.approxPolyDP(c, self.epsilon, True).reshape(-1, 2)
+                if sx != 1.0 or sy != 1.0:
+                    c = np.rint((c + 0.5) * (sx, sy) - 0.5).astype(np.int32)
+                result.append(Contour(class_id=class_id, points=c.astype(np.int32, copy=False)))
+        return result
+
+    def areas(self, mask: np.ndarray) -> dict[str, int]:
+        """Pixel count per class at the mask's resolution."""
+        counts = np.bincount(mask.ravel(), minlength=self.n_classes)
+        return {name: int(counts[i]) for i, name in enumerate(self.contract.class_names) if i < len(counts)}

@@ -1,0 +1,76 @@
+"""The overlay and status publisher: one ZeroMQ PUB socket, used only by the worker thread.
+
+PUB never blocks the pipeline: a subscriber that is slow or gone has its queue capped at ``send_hwm``
+messages and loses the oldest overlays, not the pipeline's time. (A stale overlay is worse than none.)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import zmq
+
+from medstream.runtime.errors import ConfigError
+from medstream.runtime.frame import Overlay
+from medstream.runtime.wire import encode_overlay, encode_status
+
+log = logging.getLogger("medstream.publisher")
+
+
+class Publisher:
+    """Binds a PUB socket and sends overlays and status messages.
+
+    Parameters
+    ----------
+    endpoint
+        Where to bind, e.g. ``tcp://127.0.0.1:5556``.
+    send_hwm
+        Messages queued per subscriber before the oldest are dropped by ZeroMQ.
+    context
+        A ``zmq.Context`` to share (tests); default the process-wide instance.
+    security
+        Optional hook object with ``apply_server(socket)`` (CURVE, issue 8).
+    """
+
+    def __init__(self, endpoint: str, send_hwm: int = 4, context: zmq.Context | None = None,
+                 security: Any = None) -> None:
+        self.endpoint = endpoint
+        self._ctx = context or zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.PUB)
+        self._sock.setsockopt(zmq.SNDHWM, send_hwm)
+        self._sock.setsockopt(zmq.LINGER, 200)
+        if security is not None:
+            security.apply_server(self._sock)
+        try:
+            self._sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            self._sock.close(0)
+            hint = ("another process (another medstream?) already uses it: stop it or choose another --publish port"
+                    if exc.errno == zmq.EADDRINUSE else "check the address; to listen on all interfaces see docs/SECURITY.md")
+            raise ConfigError(f"cannot bind the overlay publisher to {endpoint}: {exc.strerror}", hint) from None
+        self.bound_endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.sent = 0
+        self.failed = 0
+
+    def _send(self, parts: list[Any]) -> bool:
+        try:
+            self._sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=True)
+        except zmq.Again:
+            self.failed += 1
+            return False
+        except zmq.ZMQError as exc:
+            self.failed += 1
+            log.error("publishing on %s failed: %s", self.bound_endpoint, exc)
+            return False
+        self.sent += 1
+        return True
+
+    def send_overlay(self, overlay: Overlay) -> bool:
+        return self._send(encode_overlay(overlay))
+
+    def send_status(self, status: dict[str, Any]) -> bool:
+        return self._send(encode_status(status))
+
+    def close(self) -> None:
+        self._sock.close()

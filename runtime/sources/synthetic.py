@@ -1,0 +1,80 @@
+"""``synthetic://ultrasound`` and ``synthetic://fluoroscopy``: phantom streams with ground truth.
+
+Query parameters: ``width``, ``height`` (default 256), ``fps`` (30 for ultrasound, 15 for fluoroscopy;
+``0`` means as fast as the consumer reads), ``seed`` (0), ``frames`` (unbounded unless given),
+``probe`` (``convex``/``linear``, ultrasound), ``truth`` (attach the ground-truth mask, default on),
+``start`` (first frame index, default 0), ``id`` (source id).
+"""
+
+from __future__ import annotations
+
+import time
+
+from medstream.runtime.errors import ConfigError, SourceEnded
+from medstream.runtime.frame import Frame, now_ns
+from medstream.runtime.sources.base import Source, SourceURI
+
+_DEFAULT_FPS = {"ultrasound": 30.0, "fluoroscopy": 15.0}
+
+
+class SyntheticSource(Source):
+    """Renders phantom frames on demand, paced to ``fps`` in real time."""
+
+    def __init__(self, uri: SourceURI, source_id: str | None = None) -> None:
+        kind = (uri.netloc or uri.path.strip("/")).lower()
+        if kind not in _DEFAULT_FPS:
+            raise ConfigError(f"unknown synthetic source {uri.raw!r}",
+                              "use synthetic://ultrasound or synthetic://fluoroscopy")
+        super().__init__(uri, source_id or uri.params.get("id") or f"synthetic-{kind}")
+        self.kind = kind
+        self.fps = uri.param("fps", _DEFAULT_FPS[kind], float)
+        if self.fps < 0:
+            raise ConfigError(f"source {uri.raw!r}: fps must be >= 0", "use fps=0 for as fast as possible")
+        self.width = uri.param("width", 256, int)
+        self.height = uri.param("height", 256, int)
+        self.seed = uri.param("seed", 0, int)
+        self.frames = uri.param("frames", None, int)
+        self.start = uri.param("start", 0, int)
+        self.with_truth = uri.param("truth", True, bool)
+        self.finite = self.frames is not None
+        extra = {"probe": uri.params["probe"]} if "probe" in uri.params and kind == "ultrasound" else {}
+        self._phantom_kwargs = dict(height=self.height, width=self.width, seed=self.seed, **extra)
+        self._phantom = None
+        self._index = 0
+        self._t0 = 0.0
+
+    def _open(self) -> None:
+        from medstream.runtime.phantom import make_phantom
+
+        try:
+            fps = self.fps if self.fps > 0 else _DEFAULT_FPS[self.kind]
+            self._phantom = make_phantom(self.kind, fps=fps, **self._phantom_kwargs)
+        except ValueError as exc:
+            raise ConfigError(f"source {self.uri.raw!r}: {exc}", "fix the source URI's parameters") from None
+        self._index = 0
+        self._t0 = time.perf_counter()
+
+    def _close(self) -> None:
+        self._phantom = None
+
+    def read(self, timeout: float) -> Frame | None:
+        if self.frames is not None and self._index >= self.frames:
+            raise SourceEnded(f"{self.uri.raw}: all {self.frames} frames sent")
+        if self.fps > 0:
+            due = self._t0 + self._index / self.fps
+            wait = due - time.perf_counter()
+            if wait > timeout:
+                time.sleep(max(timeout, 0))
+                return None
+            if wait > 0:
+                time.sleep(wait)
+        index = self.start + self._index
+        image, mask = self._phantom.render(index)
+        frame = Frame(seq=self._index, t_capture_ns=now_ns(), image=image, source_id=self.source_id,
+                      truth=mask if self.with_truth else None, color_order="gray")
+        self._index += 1
+        return frame
+
+    def describe(self) -> dict:
+        return {**super().describe(), "kind": f"synthetic/{self.kind}", "fps": self.fps,
+                "size": [self.height, self.width], "seed": self.seed}

@@ -1,0 +1,299 @@
+"""The wire format: the only module that knows how frames, overlays and status travel over ZeroMQ.
+
+Every message is a ZeroMQ multipart message ``[topic, header, payload...]``:
+
+* ``topic``: ``b"frame"``, ``b"overlay"`` or ``b"status"`` (SUB sockets filter on it);
+* ``header``: a UTF-8 JSON object with ``schema``, ``source_id``, ``seq``, ``t_capture_ns`` and the
+  fields of its topic;
+* payloads: raw little-endian array bytes described by the header (``dtype`` in numpy's ``.str``
+  form, ``shape``), never pickled.
+
+See ``docs/WIRE.md`` for the field tables, the limits and why the header is JSON.
+
+Decoding is defensive: every header field is checked against :class:`WireLimits` *before* a
+payload is touched, and every failure raises :class:`WireError` whose ``reason`` is a short stable
+token the pipeline counts by (``dropped{invalid}`` broken down by reason).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from medstream.runtime.frame import Contour, Frame, Overlay
+
+FRAME_TOPIC = b"frame"
+OVERLAY_TOPIC = b"overlay"
+STATUS_TOPIC = b"status"
+
+FRAME_SCHEMA = "medstream.frame/1"
+OVERLAY_SCHEMA = "medstream.overlay/1"
+STATUS_SCHEMA = "medstream.status/1"
+
+_SOURCE_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+_COLOR_ORDERS = ("gray", "bgr", "rgb", "bgra", "rgba")
+_INT64_MAX = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class WireLimits:
+    """Explicit bounds applied before any allocation: a hostile sender cannot make us allocate more.
+
+    The defaults admit any real scanner or capture card (up to 8K, 16-bit, 4 channels) and nothing
+    absurd. Lower them in config for a known device.
+    """
+
+    max_header_bytes: int = 64 * 1024
+    max_height: int = 8192
+    max_width: int = 8192
+    max_payload_bytes: int = 8192 * 8192 * 4 * 2
+    allowed_dtypes: tuple[str, ...] = ("|u1", "<u2")
+    allowed_channels: tuple[int, ...] = (1, 3, 4)
+    max_parts: int = 4
+    max_overlay_header_bytes: int = 1024 * 1024
+    max_contour_points: int = 1_000_000
+
+
+DEFAULT_LIMITS = WireLimits()
+
+
+class WireError(ValueError):
+    """A message that does not follow the wire format. ``reason`` is the counter key."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------------------- helpers
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+
+def _array_bytes(arr: np.ndarray) -> memoryview:
+    """Contiguous bytes of ``arr`` without a copy when it already is contiguous (zero-copy send)."""
+    return memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+
+
+def _load_header(raw: Any, schema: str, limit: int) -> dict[str, Any]:
+    buf = memoryview(raw)
+    if buf.nbytes > limit:
+        raise WireError("header_too_large", f"header is {buf.nbytes} bytes, the limit is {limit}")
+    try:
+        header = json.loads(bytes(buf))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise WireError("bad_header", f"header is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise WireError("bad_header", f"header must be a JSON object, got {type(header).__name__}")
+    got = header.get("schema")
+    if got != schema:
+        raise WireError("bad_schema", f"schema is {got!r}, expected {schema!r}")
+    return header
+
+
+def _int_field(header: dict[str, Any], name: str, lo: int = 0, hi: int = _INT64_MAX) -> int:
+    value = header.get(name)
+    # bool is an int subclass in Python; a JSON true is not a sequence number.
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise WireError("bad_field", f"field {name!r} must be an integer in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+def _source_id(header: dict[str, Any]) -> str:
+    value = header.get("source_id")
+    if not isinstance(value, str) or not _SOURCE_ID.match(value):
+        raise WireError("bad_field", f"field 'source_id' must match {_SOURCE_ID.pattern}, got {value!r:.80}")
+    return value
+
+
+def _array_spec(spec: Any, name: str, limits: WireLimits, *, image: bool) -> tuple[np.dtype, tuple[int, ...]]:
+    """Validate a ``{"dtype", "shape"}`` description; return numpy dtype and shape."""
+    if not isinstance(spec, dict):
+        raise WireError("bad_field", f"{name} must be an object with 'dtype' and 'shape'")
+    dtype = spec.get("dtype")
+    if not isinstance(dtype, str) or dtype not in limits.allowed_dtypes:
+        raise WireError("bad_dtype", f"{name} dtype {dtype!r:.40} is not one of {limits.allowed_dtypes}")
+    shape = spec.get("shape")
+    if not isinstance(shape, list) or not 2 <= len(shape) <= 3:
+        raise WireError("bad_shape", f"{name} shape must be [H, W] or [H, W, C], got {shape!r:.80}")
+    if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise WireError("bad_shape", f"{name} shape must hold integers, got {shape!r:.80}")
+    h, w = shape[0], shape[1]
+    if not (1 <= h <= limits.max_height and 1 <= w <= limits.max_width):
+        raise WireError(
+            "too_large" if h > 0 and w > 0 else "bad_shape",
+            f"{name} size {h}x{w} is outside 1x1..{limits.max_height}x{limits.max_width}",
+        )
+    if len(shape) == 3:
+        allowed = limits.allowed_channels if image else (1,)
+        if shape[2] not in allowed:
+            raise WireError("bad_shape", f"{name} has {shape[2]} channels, allowed: {allowed}")
+    return np.dtype(dtype), tuple(shape)
+
+
+def _array_from(part: Any, dtype: np.dtype, shape: tuple[int, ...], name: str, limits: WireLimits) -> np.ndarray:
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if expected > limits.max_payload_bytes:
+        raise WireError("too_large", f"{name} would be {expected} bytes, the limit is {limits.max_payload_bytes}")
+    buf = memoryview(part)
+    if buf.nbytes != expected:
+        raise WireError(
+            "size_mismatch", f"{name} payload is {buf.nbytes} bytes but dtype {dtype.str} x shape {list(shape)} needs {expected}"
+        )
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+# ----------------------------------------------------------------------------------------- frames
+def encode_frame(frame: Frame) -> list[Any]:
+    """``[b"frame", header, pixels]`` plus ``truth`` as a fourth part when the frame carries one."""
+    image = frame.image
+    header: dict[str, Any] = {
+        "schema": FRAME_SCHEMA,
+        "source_id": frame.source_id,
+        "seq": frame.seq,
+        "t_capture_ns": frame.t_capture_ns,
+        "dtype": image.dtype.str,
+        "shape": list(image.shape),
+        "color_order": frame.color_order,
+    }
+    parts: list[Any] = [FRAME_TOPIC, None, _array_bytes(image)]
+    if frame.truth is not None:
+        header["truth"] = {"dtype": frame.truth.dtype.str, "shape": list(frame.truth.shape)}
+        parts.append(_array_bytes(frame.truth))
+    parts[1] = _dumps(header)
+    return parts
+
+
+def decode_frame(parts: list[Any], limits: WireLimits = DEFAULT_LIMITS) -> Frame:
+    """Parse and validate a frame message; raise :class:`WireError` naming the first problem.
+
+    The returned image is a read-only view on the received buffer (no copy).
+    """
+    if not isinstance(parts, list | tuple) or not 3 <= len(parts) <= limits.max_parts:
+        n = len(parts) if isinstance(parts, list | tuple) else "?"
+        raise WireError("bad_parts", f"a frame message has 3 or 4 parts [topic, header, pixels, truth?], got {n}")
+    if bytes(memoryview(parts[0])) != FRAME_TOPIC:
+        raise WireError("bad_topic", f"expected topic {FRAME_TOPIC!r}, got {bytes(memoryview(parts[0]))[:32]!r}")
+    header = _load_header(parts[1], FRAME_SCHEMA, limits.max_header_bytes)
+    seq = _int_field(header, "seq")
+    t_capture_ns = _int_field(header, "t_capture_ns")
+    source_id = _source_id(header)
+    color_order = header.get("color_order", "gray")
+    if color_order not in _COLOR_ORDERS:
+        raise WireError("bad_field", f"color_order {color_order!r:.20} is not one of {_COLOR_ORDERS}")
+    dtype, shape = _array_spec(header, "image", limits, image=True)
+    image = _array_from(parts[2], dtype, shape, "image", limits)
+    truth = None
+    if len(parts) == 4:
+        if "truth" not in header:
+            raise WireError("bad_parts", "a fourth part was sent but the header has no 'truth' description")
+        tdtype, tshape = _array_spec(header["truth"], "truth", limits, image=False)
+        truth = _array_from(parts[3], tdtype, tshape, "truth", limits)
+    return Frame(seq=seq, t_capture_ns=t_capture_ns, image=image, source_id=source_id, truth=truth,
+                 color_order=color_order)
+
+
+# --------------------------------------------------------------------------------------- overlays
+def encode_overlay(overlay: Overlay) -> list[Any]:
+    """``[b"overlay", header, mask, contour_points(, rgba)]``.
+
+    Contour points travel as one int32 ``(N, 2)`` array part, the header listing how many points
+    each contour has: JSON lists of points cost 4x more to encode (docs/WIRE.md).
+    """
+    points = (
+        np.concatenate([c.points.reshape(-1, 2) for c in overlay.contours]).astype("<i4", copy=False)
+        if overlay.contours else np.zeros((0, 2), "<i4")
+    )
+    header: dict[str, Any] = {
+        "schema": OVERLAY_SCHEMA,
+        "source_id": overlay.source_id,
+        "seq": overlay.seq,
+        "t_capture_ns": overlay.t_capture_ns,
+        "t_publish_ns": overlay.t_publish_ns,
+        "model_id": overlay.model_id,
+        "classes": [{"name": n, "color": list(c)} for n, c in zip(overlay.class_names, overlay.class_colors, strict=True)],
+        "frame_size": list(overlay.frame_size),
+        "mask": {"dtype": overlay.mask.dtype.str, "shape": list(overlay.mask.shape)},
+        "contours": [[c.class_id, int(c.points.reshape(-1, 2).shape[0])] for c in overlay.contours],
+        "areas_px": overlay.areas_px,
+        "stages_ms": {k: round(v, 4) for k, v in overlay.stages_ms.items()},
+    }
+    parts: list[Any] = [OVERLAY_TOPIC, None, _array_bytes(overlay.mask), _array_bytes(points)]
+    if overlay.rgba is not None:
+        header["rgba"] = {"dtype": overlay.rgba.dtype.str, "shape": list(overlay.rgba.shape)}
+        parts.append(_array_bytes(overlay.rgba))
+    parts[1] = _dumps(header)
+    return parts
+
+
+def decode_overlay(parts: list[Any], limits: WireLimits = DEFAULT_LIMITS) -> Overlay:
+    """Parse an overlay message (consumer side: viewer, status, benchmarks, tests)."""
+    if not isinstance(parts, list | tuple) or not 4 <= len(parts) <= 5:
+        raise WireError("bad_parts", "an overlay message has 4 or 5 parts [topic, header, mask, contours, rgba?]")
+    if bytes(memoryview(parts[0])) != OVERLAY_TOPIC:
+        raise WireError("bad_topic", f"expected topic {OVERLAY_TOPIC!r}")
+    header = _load_header(parts[1], OVERLAY_SCHEMA, limits.max_overlay_header_bytes)
+    mdtype, mshape = _array_spec(header.get("mask"), "mask", limits, image=False)
+    mask = _array_from(parts[2], mdtype, mshape, "mask", limits)
+    counts = header.get("contours", [])
+    raw_points = memoryview(parts[3])
+    if raw_points.nbytes % 8 or raw_points.nbytes // 8 > limits.max_contour_points:
+        raise WireError("size_mismatch", "contour points part is not a sane int32 (N, 2) array")
+    points = np.frombuffer(raw_points, dtype="<i4").reshape(-1, 2)
+    contours, start = [], 0
+    for item in counts:
+        if not (isinstance(item, list) and len(item) == 2 and all(isinstance(v, int) for v in item)):
+            raise WireError("bad_field", "contours must be a list of [class_id, n_points]")
+        class_id, n = item
+        if n < 0 or start + n > len(points):
+            raise WireError("size_mismatch", "contour point counts exceed the points part")
+        contours.append(Contour(class_id=class_id, points=points[start:start + n]))
+        start += n
+    rgba = None
+    if len(parts) == 5:
+        rdtype, rshape = _array_spec(header.get("rgba"), "rgba", limits, image=True)
+        rgba = _array_from(parts[4], rdtype, rshape, "rgba", limits)
+    classes = header.get("classes", [])
+    return Overlay(
+        seq=_int_field(header, "seq"),
+        t_capture_ns=_int_field(header, "t_capture_ns"),
+        source_id=_source_id(header),
+        model_id=str(header.get("model_id", "")),
+        class_names=tuple(str(c.get("name")) for c in classes),
+        class_colors=tuple(tuple(int(v) for v in c.get("color", (0, 0, 0))) for c in classes),
+        mask=mask,
+        frame_size=tuple(header.get("frame_size", mshape[:2])),
+        contours=contours,
+        areas_px=dict(header.get("areas_px", {})),
+        stages_ms=dict(header.get("stages_ms", {})),
+        t_publish_ns=_int_field(header, "t_publish_ns"),
+        rgba=rgba,
+    )
+
+
+# ----------------------------------------------------------------------------------------- status
+def encode_status(status: dict[str, Any]) -> list[bytes]:
+    """``[b"status", header]``: the pipeline's health, at least once a second.
+
+    ``status`` must already hold ``source_id``, ``seq`` (status message counter) and
+    ``t_capture_ns`` (when the status was made); see :mod:`medstream.runtime.status`.
+    """
+    body = {"schema": STATUS_SCHEMA, **status}
+    return [STATUS_TOPIC, _dumps(body)]
+
+
+def decode_status(parts: list[Any], limits: WireLimits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """Parse a status message into a dict (the schema is documented in docs/WIRE.md)."""
+    if not isinstance(parts, list | tuple) or len(parts) != 2:
+        raise WireError("bad_parts", "a status message has 2 parts [topic, header]")
+    if bytes(memoryview(parts[0])) != STATUS_TOPIC:
+        raise WireError("bad_topic", f"expected topic {STATUS_TOPIC!r}")
+    header = _load_header(parts[1], STATUS_SCHEMA, limits.max_overlay_header_bytes)
+    _int_field(header, "seq")
+    _int_field(header, "t_capture_ns")
+    _source_id(header)
+    return header
