@@ -76,7 +76,9 @@ def build_pipeline(cfg: RunConfig, observers: list[PipelineObserver] | None = No
     """Validate ``cfg`` and construct the pipeline (backend not yet loaded: call ``prepare()``)."""
     model_path = resolve_model_path(cfg.model)
     contract = load_contract(model_path, cfg.contract)
-    source = open_source(cfg.source, source_id=cfg.source_id)
+    # The source URI comes from the operator (config or command line), so GStreamer pipelines are allowed here;
+    # no network message ever reaches open_source.
+    source = open_source(cfg.source, source_id=cfg.source_id, allow_pipeline_uris=True)
     backend_name, why = choose_backend(cfg.backend)
     backend = load_backend(backend_name, str(model_path), contract, **backend_options(cfg, backend_name))
     publisher = Publisher(cfg.publish, cfg.send_hwm, context=context, security=security)

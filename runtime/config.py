@@ -42,6 +42,26 @@ class InjectConfig(_Strict):
         return bool(self.delay_ms) or self.error_every is not None or self.hang_at_seq is not None
 
 
+class SecurityConfig(_Strict):
+    """Transport security (docs/SECURITY.md). Off by default: every default endpoint is loopback.
+
+    With ``curve: true`` every socket the runtime opens uses ZeroMQ CURVE: the overlay/status
+    publisher is a CURVE server (``server_secret_key``) that admits only the clients whose public keys
+    are in ``allowed_clients_dir`` or ``allowed_client_keys``; a ``zmq+`` frame source is a CURVE
+    client (``client_secret_key``) of the frame sender whose public key is ``frames_server_key``.
+    Binding a non-loopback address (``tcp://0.0.0.0``, ``tcp://*``, a LAN address) without CURVE is
+    refused unless ``allow_insecure_remote`` is true.
+    """
+
+    curve: bool = False
+    server_secret_key: str | None = Field(default=None, description="our publisher's NAME.key_secret file")
+    allowed_clients_dir: str | None = Field(default=None, description="folder of permitted clients' NAME.key files")
+    allowed_client_keys: list[str] = Field(default_factory=list, description="permitted client keys: files or Z85 text")
+    client_secret_key: str | None = Field(default=None, description="our key pair as a client of the frame sender")
+    frames_server_key: str | None = Field(default=None, description="the frame sender's public key: file or Z85 text")
+    allow_insecure_remote: bool = False
+
+
 class RunConfig(_Strict):
     """Everything ``medstream run`` needs (see docs/CONFIG.md for each key)."""
 
@@ -67,7 +87,7 @@ class RunConfig(_Strict):
     no_build: bool = False
     warmup_runs: int = Field(default=3, ge=0, le=100)
     inject: InjectConfig = Field(default_factory=InjectConfig)
-    security: dict[str, Any] | None = None
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
 
     @field_validator("publish")
     @classmethod

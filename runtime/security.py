@@ -4,16 +4,35 @@ CURVE (ZeroMQ's Curve25519 handshake) encrypts a connection and proves that the 
 key that matches the public key the client was configured with. A frame stream on a hospital network
 carries patient images, so anything that leaves the host should use it.
 
-This module is deliberately small: it applies keys that the caller already has to a socket. Loading
-keys from files, key rotation and the server side's allow-list (ZAP) belong to issue 8.
+What is here:
+
+* :func:`apply_curve_client` applies a client key pair and the server's public key to a socket;
+* :func:`generate_keypair` / :func:`load_keypair` / :func:`load_public_key` write and read the key files
+  that ``medstream keys generate`` makes (pyzmq's certificate format, ``NAME.key`` public and
+  ``NAME.key_secret`` secret, the latter readable by its owner only);
+* :class:`CurveServer` makes a socket a CURVE server and authenticates every client against an
+  allow-list of public keys with a ZAP handler (pyzmq's ``ThreadAuthenticator``, one per context);
+  a client whose key is not on the list completes no handshake, so it can neither receive nor send;
+* :func:`is_loopback_endpoint` / :func:`check_bind_allowed`: medstream binds loopback addresses by
+  default and refuses to bind anything else without CURVE unless told so explicitly.
+
+See docs/SECURITY.md for the set-up, step by step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ipaddress
+import logging
+import os
+import stat
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from medstream.runtime.errors import ConfigError
+
+log = logging.getLogger("medstream.security")
 
 #: The keys of the ``curve`` mapping :func:`apply_curve_client` expects.
 CURVE_CLIENT_KEYS = ("server_public_key", "public_key", "secret_key")
@@ -83,4 +102,245 @@ def apply_curve_client(socket: Any, curve: Mapping[str, Any] | None) -> bool:
     return True
 
 
-__all__ = ["CURVE_CLIENT_KEYS", "apply_curve_client"]
+# ------------------------------------------------------------------------------------------ key files
+def generate_keypair(out_dir: str | Path, name: str, overwrite: bool = False) -> tuple[Path, Path]:
+    """Write a new CURVE key pair: ``out_dir/NAME.key`` (public) and ``out_dir/NAME.key_secret``.
+
+    The secret file is made readable by its owner only (0600). Existing files are never replaced
+    unless ``overwrite`` is true: replacing a deployed key locks every peer out.
+    """
+    import zmq.auth
+
+    if not name or not all(ch.isalnum() or ch in "-_." for ch in name) or name.startswith("."):
+        raise ConfigError(f"key name {name!r} is not a plain file name",
+                          "use letters, digits, '-', '_' and '.', e.g. --name overlay-server")
+    out = Path(out_dir)
+    public, secret = out / f"{name}.key", out / f"{name}.key_secret"
+    if not overwrite and (public.exists() or secret.exists()):
+        raise ConfigError(f"key files for {name!r} already exist in {out}",
+                          "choose another --name, or remove the old files first if you really mean to replace them")
+    out.mkdir(parents=True, exist_ok=True)
+    old_umask = os.umask(0o077)
+    try:
+        pub, sec = zmq.auth.create_certificates(out, name)
+    finally:
+        os.umask(old_umask)
+    os.chmod(sec, stat.S_IRUSR | stat.S_IWUSR)
+    os.chmod(pub, 0o644)
+    return Path(pub), Path(sec)
+
+
+def load_keypair(path: str | Path) -> tuple[bytes, bytes]:
+    """``(public, secret)`` Z85 keys from a ``.key_secret`` file; a clear error names the file otherwise."""
+    import zmq.auth
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"CURVE secret key file {p} does not exist",
+                          "create one with: medstream keys generate --out DIR --name NAME (use the NAME.key_secret file)")
+    try:
+        public, secret = zmq.auth.load_certificate(p)
+    except Exception as exc:
+        raise ConfigError(f"CURVE key file {p} cannot be read: {exc}",
+                          "give the NAME.key_secret file written by medstream keys generate") from None
+    if not secret:
+        raise ConfigError(f"CURVE key file {p} holds only a public key",
+                          "give the NAME.key_secret file (the NAME.key file is the public half, for peers)")
+    return public, secret
+
+
+def load_public_key(value: str | Path) -> bytes:
+    """A peer's public key from a ``.key``/``.key_secret`` file, or given directly as 40 Z85 characters."""
+    import zmq.auth
+
+    text = str(value).strip()
+    p = Path(text)
+    if len(text) == 40 and not p.exists():
+        return _key_bytes(text, "public key")
+    if not p.is_file():
+        raise ConfigError(f"CURVE public key {text!r} is neither a key file nor 40 Z85 characters",
+                          "give the peer's NAME.key file (written by medstream keys generate)")
+    try:
+        public, _ = zmq.auth.load_certificate(p)
+    except Exception as exc:
+        raise ConfigError(f"CURVE public key file {p} cannot be read: {exc}",
+                          "give the NAME.key file written by medstream keys generate") from None
+    return public
+
+
+def load_allowed_keys(directory: str | Path | None = None, keys: Iterable[str | Path] = ()) -> set[bytes]:
+    """The allow-list: every public key in ``directory/*.key`` plus each of ``keys`` (files or Z85)."""
+    import zmq.auth
+
+    allowed: set[bytes] = set()
+    if directory is not None:
+        d = Path(directory)
+        if not d.is_dir():
+            raise ConfigError(f"allowed-clients directory {d} does not exist",
+                              "create it and copy each permitted client's NAME.key (public) file into it")
+        for f in sorted(d.glob("*.key")):
+            try:
+                public, _ = zmq.auth.load_certificate(f)
+            except Exception as exc:
+                raise ConfigError(f"public key file {f} in the allowed-clients directory cannot be read: {exc}",
+                                  "remove it or replace it with a NAME.key file from medstream keys generate") from None
+            allowed.add(bytes(public))
+    for k in keys:
+        allowed.add(load_public_key(k))
+    return allowed
+
+
+# ----------------------------------------------------------------------------------------- server side
+class _ZapRegistry:
+    """One ZAP handler (``ThreadAuthenticator``) per ZeroMQ context; each server socket has a domain."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._auth: dict[int, Any] = {}
+        self._domains: dict[int, set[str]] = {}
+
+    def add(self, context: Any, domain: str, allowed: set[bytes]) -> None:
+        from zmq.auth.thread import ThreadAuthenticator
+
+        with self._lock:
+            key = id(context)
+            auth = self._auth.get(key)
+            if auth is None:
+                auth = ThreadAuthenticator(context, log=logging.getLogger("medstream.security.zap"))
+                auth.start()
+                self._auth[key] = auth
+                self._domains[key] = set()
+            # Authenticator.certs maps domain -> {public key: True}; configure_curve would read a directory.
+            auth.certs[domain] = {k: True for k in allowed}
+            self._domains[key].add(domain)
+
+    def remove(self, context: Any, domain: str) -> None:
+        with self._lock:
+            key = id(context)
+            auth = self._auth.get(key)
+            if auth is None:
+                return
+            auth.certs.pop(domain, None)
+            self._domains[key].discard(domain)
+            if not self._domains[key]:
+                auth.stop()
+                del self._auth[key], self._domains[key]
+
+
+_ZAP = _ZapRegistry()
+
+
+class CurveServer:
+    """Makes sockets CURVE servers that admit only allow-listed clients (``Publisher(security=...)``).
+
+    Parameters
+    ----------
+    public_key, secret_key
+        This server's key pair (Z85), e.g. from :func:`load_keypair`.
+    allowed_clients
+        Public keys (Z85) of the clients that may connect. Required: CURVE without an allow-list
+        encrypts but lets anyone with any key pair subscribe to patient images.
+    domain
+        ZAP domain of this server's sockets (one allow-list per domain).
+    """
+
+    def __init__(self, public_key: bytes, secret_key: bytes, allowed_clients: set[bytes], *,
+                 domain: str = "medstream") -> None:
+        if not allowed_clients:
+            raise ConfigError("CURVE is on but no client public key is allowed",
+                              "put each permitted client's NAME.key file in the allowed-clients directory "
+                              "(security.allowed_clients_dir / --curve-allow DIR)")
+        self.public_key = _key_bytes(public_key, "server public key")
+        self.secret_key = _key_bytes(secret_key, "server secret key")
+        self.allowed = {_key_bytes(k, "allowed client key") for k in allowed_clients}
+        self.domain = domain
+        self._contexts: list[Any] = []
+
+    @classmethod
+    def from_files(cls, secret_file: str | Path, allowed_dir: str | Path | None = None,
+                   allowed_keys: Iterable[str | Path] = (), *, domain: str = "medstream") -> CurveServer:
+        public, secret = load_keypair(secret_file)
+        return cls(public, secret, load_allowed_keys(allowed_dir, allowed_keys), domain=domain)
+
+    def apply_server(self, socket: Any) -> None:
+        """Make ``socket`` a CURVE server with ZAP authentication; call before ``bind``."""
+        import zmq
+
+        if not zmq.has("curve"):
+            raise ConfigError(f"this libzmq ({zmq.zmq_version()}) was built without CURVE encryption",
+                              "install pyzmq from PyPI (its wheels bundle a libzmq with CURVE)")
+        ctx = socket.context
+        _ZAP.add(ctx, self.domain, self.allowed)
+        if ctx not in self._contexts:
+            self._contexts.append(ctx)
+        socket.zap_domain = self.domain.encode()
+        socket.curve_secretkey = self.secret_key
+        socket.curve_publickey = self.public_key
+        socket.curve_server = True
+
+    def close(self) -> None:
+        """Stop the ZAP handler once no server uses it (after the sockets are closed)."""
+        for ctx in self._contexts:
+            _ZAP.remove(ctx, self.domain)
+        self._contexts.clear()
+
+
+def client_curve(secret_file: str | Path, server_key: str | Path) -> dict[str, bytes]:
+    """The ``curve`` mapping :func:`apply_curve_client` and ``ZmqSource(curve=...)`` take, from files."""
+    public, secret = load_keypair(secret_file)
+    return {"server_public_key": load_public_key(server_key), "public_key": public, "secret_key": secret}
+
+
+# -------------------------------------------------------------------------------------------- binding
+def endpoint_host(endpoint: str) -> str | None:
+    """The host part of a ``tcp://HOST:PORT`` endpoint (brackets of IPv6 removed); ``None`` for ipc/inproc."""
+    if not endpoint.startswith("tcp://"):
+        return None
+    rest = endpoint[len("tcp://"):]
+    host = rest.rpartition(":")[0] if ":" in rest else rest
+    if ";" in host:  # "src;dst" form: the part after ';' is where we bind/connect
+        host = host.split(";", 1)[1]
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def is_loopback_endpoint(endpoint: str) -> bool:
+    """Whether binding ``endpoint`` exposes nothing beyond this host (ipc, inproc, 127.0.0.0/8, ::1, localhost).
+
+    ``*``, ``0.0.0.0``, interface names and any other address count as remote.
+    """
+    host = endpoint_host(endpoint)
+    if host is None:
+        return endpoint.startswith(("ipc://", "inproc://"))
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind_allowed(endpoint: str, *, encrypted: bool, allow_insecure_remote: bool, what: str) -> None:
+    """Refuse to bind a non-loopback ``endpoint`` without CURVE unless explicitly allowed.
+
+    Raises
+    ------
+    ConfigError
+        Naming the endpoint and both ways out (CURVE keys, or the explicit opt-out).
+    """
+    if encrypted or is_loopback_endpoint(endpoint):
+        return
+    if allow_insecure_remote:
+        log.warning("%s binds %s without CURVE encryption (security.allow_insecure_remote is set): anyone on that "
+                    "network can connect", what, endpoint)
+        return
+    raise ConfigError(
+        f"refusing to bind {what} to {endpoint} without encryption: it is reachable from other hosts and would "
+        "expose patient images to anyone on that network",
+        "bind a loopback address (tcp://127.0.0.1:PORT), or turn CURVE on (security.curve with keys, see "
+        "docs/SECURITY.md; --curve-secret/--curve-allow), or, on an isolated network only, set "
+        "security.allow_insecure_remote: true (--allow-insecure-remote)")
+
+
+__all__ = ["CURVE_CLIENT_KEYS", "CurveServer", "apply_curve_client", "check_bind_allowed", "client_curve",
+           "endpoint_host", "generate_keypair", "is_loopback_endpoint", "load_allowed_keys", "load_keypair",
+           "load_public_key"]

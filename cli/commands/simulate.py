@@ -47,6 +47,7 @@ def main(args) -> int:
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.XPUB)  # XPUB: we can see subscriptions arrive (for --wait-subscribers)
     sock.setsockopt(zmq.SNDHWM, 8)
+    sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # report every subscriber, even with the same topic
     sock.setsockopt(zmq.LINGER, 2000)
     try:
         sock.bind(args.publish)

@@ -1,0 +1,1 @@
+"""Benchmarks, soak and fuzz harnesses (``python -m medstream.benchmarks.<name>``)."""

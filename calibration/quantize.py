@@ -1,0 +1,277 @@
+"""Ranges in, QDQ models out: one statistics pass, two INT8 files.
+
+From one set of calibrated activation ranges this writes
+
+* ``M.int8.onnx``, the **TensorRT** file: int8 activations and weights, symmetric (every zero point
+  0), per-channel weights with an explicit ``axis``, float biases (TensorRT's Dequantize takes int8
+  only, so ORT's int32 "quantized bias" would be rejected), opset >= 13. It passes
+  :func:`medstream.calibration.validator.validate_model` or is not written.
+* ``M.int8-cpu.onnx``, the **ONNX Runtime CPU** file: uint8 asymmetric activations, int8 symmetric
+  per-channel weights, int32 biases (U8S8). ORT's x86 int8 kernels are fastest on it (on this
+  machine 19.0 ms against 31.6 ms for the symmetric S8S8 file and 36.6 ms for FP32, 1.9 M U-Net at
+  256x256); TensorRT rejects it (uint8). Each backend takes its own file.
+
+Quantization itself is ONNX Runtime's ``quantize_static`` in QDQ format, fed the ranges through its
+calibration cache (``calibration_cache_path``), so it never runs calibration inference again.
+
+Default method
+--------------
+:data:`DEFAULT_METHOD` is chosen by measurement on the bundled reference models (docs/CALIBRATION.md
+has the numbers and commands): see that constant's comment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medstream.runtime.contract import ModelContract, write_contract
+from medstream.runtime.errors import ModelLoadError
+
+log = logging.getLogger("medstream.calibration")
+
+#: Measured on both reference U-Nets (docs/CALIBRATION.md, "Which method"): see the note there.
+DEFAULT_METHOD = "percentile"
+VARIANTS = ("tensorrt", "cpu")
+PRECISION_KEY = "medstream.precision"
+QUANTIZATION_KEY = "medstream.quantization"
+MIN_OPSET = 13
+#: Layers that carry weights: the ones "first/last layer" means, and the ones worth excluding.
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def _method_enum(method: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[method]
+
+
+def variant_settings(variant: str) -> dict[str, Any]:
+    """``quantize_static`` arguments for a variant (see the module docstring for why each one)."""
+    from onnxruntime.quantization import QuantType
+
+    if variant == "tensorrt":
+        return {"activation_type": QuantType.QInt8, "weight_type": QuantType.QInt8,
+                "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                                  "DedicatedQDQPair": False}}
+    if variant == "cpu":
+        return {"activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8,
+                "extra_options": {"ActivationSymmetric": False, "WeightSymmetric": True, "QuantizeBias": True}}
+    raise ValueError(f"unknown variant {variant!r}; use one of {VARIANTS}")
+
+
+# ------------------------------------------------------------------------------------ model prep
+def prepare_model(fp32_path: str | Path, workdir: str | Path) -> Path:
+    """A copy of the model ready to quantize: every node named, opset at least 13.
+
+    Node names are what ``--exclude`` and the report use; ONNX allows unnamed nodes, so those get
+    ``<op>_<index>``. Per-channel Q/DQ needs opset 13, so older models are converted.
+    Returns ``fp32_path`` itself when nothing needed changing.
+    """
+    import onnx
+    from onnx import version_converter
+
+    path = Path(fp32_path)
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types
+        raise ModelLoadError(f"cannot read ONNX model {path}: {str(exc).splitlines()[0][:200]}",
+                             "check --model points at an .onnx file") from None
+    changed = False
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
+            changed = True
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:
+        model = version_converter.convert_version(model, MIN_OPSET)
+        changed = True
+    if not changed:
+        return path
+    out = Path(workdir) / f"{path.stem}.prepared.onnx"
+    onnx.save(model, str(out))
+    return out
+
+
+def node_names(model_path: str | Path) -> list[str]:
+    import onnx
+
+    return [n.name for n in onnx.load(str(model_path), load_external_data=False).graph.node]
+
+
+def first_last_layers(model_path: str | Path, output_name: str) -> list[str]:
+    """Names of the first weighted layer after the input and the last one before ``output_name``.
+
+    These are the usual int8 trouble spots: the first sees raw pixel statistics through few
+    channels, the last (the classifier) produces the logits whose small differences the argmax reads.
+    """
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    producers = {out: node for node in graph.node for out in node.output}
+    inputs = {i.name for i in graph.input} - {i.name for i in graph.initializer}
+    first = None
+    for node in graph.node:  # ONNX graphs are topologically sorted
+        if node.op_type in WEIGHTED_OPS and _reaches_from(node, inputs, producers):
+            first = node.name
+            break
+    last, frontier, seen = None, [output_name], set()
+    while frontier and last is None:
+        name = frontier.pop(0)
+        node = producers.get(name)
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type in WEIGHTED_OPS:
+            last = node.name
+        else:
+            frontier.extend(i for i in node.input if i in producers)
+    return [n for n in dict.fromkeys((first, last)) if n]
+
+
+def _reaches_from(node: Any, sources: set[str], producers: dict[str, Any], limit: int = 64) -> bool:
+    frontier, seen = list(node.input), set()
+    while frontier and limit:
+        name = frontier.pop()
+        if name in sources:
+            return True
+        producer = producers.get(name)
+        if producer is not None and producer.name not in seen:
+            seen.add(producer.name)
+            frontier.extend(producer.input)
+            limit -= 1
+    return False
+
+
+# ------------------------------------------------------------------------------------ ranges
+def write_ranges(ranges: Mapping[str, tuple[float, float]], method: str, path: str | Path) -> Path:
+    """Store ranges as ONNX Runtime's calibration-cache JSON (``TensorsData``), atomically."""
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
+
+    data = {name: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for name, (lo, hi) in ranges.items()}
+    save_tensors_data(TensorsData(_method_enum(method), data), Path(path))
+    return Path(path)
+
+
+def amax_of(ranges: Mapping[str, tuple[float, float]]) -> dict[str, float]:
+    """Symmetric magnitude per tensor (what TensorRT's scale ``amax / 127`` is made from)."""
+    return {name: max(abs(float(lo)), abs(float(hi))) for name, (lo, hi) in ranges.items()}
+
+
+# ------------------------------------------------------------------------------------ quantize
+@contextmanager
+def _quiet_ort_quantization():
+    """``quantize_static`` logs a pre-processing hint on the root logger; it does not apply here."""
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(max(old, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(old)
+
+
+def quantize_variant(model_path: str | Path, ranges_json: str | Path, method: str, out_path: str | Path,
+                     variant: str, exclude: Iterable[str] = ()) -> Path:
+    """Write one QDQ variant of ``model_path`` with the cached ``ranges_json`` (no calibration run)."""
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    settings = variant_settings(variant)
+    with _quiet_ort_quantization():
+        quantize_static(
+            str(model_path), str(out_path), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
+            per_channel=True, reduce_range=False, nodes_to_exclude=list(exclude),
+            calibrate_method=_method_enum(method), calibration_cache_path=str(ranges_json), **settings,
+        )
+    return Path(out_path)
+
+
+def stamp_metadata(model_path: str | Path, contract: ModelContract | None, quantization: dict[str, Any],
+                   out_path: str | Path) -> Path:
+    """Copy the contract into the int8 file and record how it was quantized; write ``out_path`` atomically."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    if contract is not None:
+        write_contract(model, contract)
+    keep = [p for p in model.metadata_props if p.key not in (PRECISION_KEY, QUANTIZATION_KEY)]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for key, value in ((PRECISION_KEY, "int8"), (QUANTIZATION_KEY, json.dumps(quantization, sort_keys=True))):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    out_path = Path(out_path)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        onnx.save(model, tmp)
+        os.replace(tmp, out_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out_path
+
+
+def read_quantization(model_path: str | Path) -> dict[str, Any] | None:
+    """The ``medstream.quantization`` metadata of an int8 file, or ``None``."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    for p in model.metadata_props:
+        if p.key == QUANTIZATION_KEY:
+            return json.loads(p.value)
+    return None
+
+
+def cpu_variant_path(int8_path: str | Path) -> Path:
+    """``M.int8.onnx`` -> ``M.int8-cpu.onnx`` (the U8S8 file ONNX Runtime on CPU should load)."""
+    p = Path(int8_path)
+    name = p.name
+    stem = name[: -len(".onnx")] if name.endswith(".onnx") else name
+    return p.with_name(f"{stem}-cpu.onnx")
+
+
+def sibling_path(int8_path: str | Path, suffix: str) -> Path:
+    """``M.int8.onnx`` -> ``M`` + suffix (``.calib.cache``, ``.int8.report.json``)."""
+    p = Path(int8_path)
+    name = p.name
+    for tail in (".int8.onnx", ".onnx"):
+        if name.endswith(tail):
+            name = name[: -len(tail)]
+            break
+    return p.with_name(name + suffix)
+
+
+def count_qdq(model_path: str | Path) -> dict[str, int]:
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    counts: dict[str, int] = {}
+    for node in graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def float_nodes(model_path: str | Path, candidates: Sequence[str]) -> list[str]:
+    """Which of ``candidates`` (weighted layers) read no dequantized input: left in float."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    dq_outputs = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    by_name = {n.name: n for n in graph.node}
+    return [c for c in candidates if c in by_name and not any(i in dq_outputs for i in by_name[c].input)]
+
+
+__all__ = ["DEFAULT_METHOD", "VARIANTS", "amax_of", "cpu_variant_path", "first_last_layers", "prepare_model",
+           "quantize_variant", "read_quantization", "sibling_path", "stamp_metadata", "variant_settings",
+           "write_ranges"]

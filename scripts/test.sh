@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Set up a virtual environment with everything the tests need, then run the whole test suite.
+# This is the README's test command, and what CI runs (.ci/run). Safe to rerun: it reuses .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# torch: the CPU build of 2.13.0 first (an unpinned torch would pull a multi-GB CUDA build); the [train]
+# extra's looser range is then already satisfied.
+python -m pip install -q torch==2.13.0
+python -m pip install -q -e '.[dev,train,calibrate]'
+# The TensorRT lean runtime (real bindings, no GPU needed to import) for the TensorRT contract test.
+python -m pip install -q tensorrt-lean-cu13 || echo "note: tensorrt-lean-cu13 unavailable; the TensorRT contract test will skip"
+# systemd-analyze, for the unit-file check (Debian package 'systemd'), when we may install it.
+if ! command -v systemd-analyze >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null) \
+    || echo "note: could not install systemd; the unit-file check will skip"
+fi
+set +e
+python -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests (exit 5): treating as a failure, the suite must not be empty" >&2
+  exit 1
+fi
+exit "$rc"

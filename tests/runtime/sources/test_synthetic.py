@@ -1,0 +1,74 @@
+"""SyntheticSource: real phantom rendering, real-time pacing, finite runs, ground truth, URI checks."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from medstream.runtime.errors import ConfigError, SourceEnded
+from medstream.runtime.sources import open_source
+
+
+def test_frames_n_then_source_ended_with_truth_attached():
+    with open_source("synthetic://ultrasound?fps=0&frames=3&width=96&height=80&seed=1") as src:
+        assert src.finite is True
+        frames = [src.read(1.0) for _ in range(3)]
+        with pytest.raises(SourceEnded):
+            src.read(1.0)
+    assert [f.seq for f in frames] == [0, 1, 2]
+    for f in frames:
+        assert f.image.shape == (80, 96) and f.image.dtype == np.uint8 and f.color_order == "gray"
+        assert f.truth is not None and f.truth.shape == f.image.shape
+        assert f.source_id == "synthetic-ultrasound"
+    assert any(np.any(f.truth > 0) for f in frames)  # the phantom has a labelled structure
+    assert not np.array_equal(frames[0].image, frames[1].image)  # it moves
+
+
+def test_truth_can_be_turned_off_and_same_seed_repeats():
+    with open_source("synthetic://fluoroscopy?fps=0&frames=2&truth=0&width=64&height=64&seed=3") as a:
+        fa = a.read(1.0)
+    with open_source("synthetic://fluoroscopy?fps=0&frames=2&width=64&height=64&seed=3&id=fluoro-1") as b:
+        fb = b.read(1.0)
+    assert fa.truth is None and fb.truth is not None
+    np.testing.assert_array_equal(fa.image, fb.image)
+    assert fb.source_id == "fluoro-1"
+
+
+def test_pacing_follows_fps():
+    with open_source("synthetic://ultrasound?fps=20&width=64&height=64") as src:
+        assert src.finite is False
+        t0 = time.perf_counter()
+        assert src.read(1.0).seq == 0
+        t_wait = time.perf_counter()
+        assert src.read(0.01) is None  # the next frame is due 50 ms after the first
+        assert 0.005 <= time.perf_counter() - t_wait < 0.1
+        for i in range(1, 5):
+            assert src.read(1.0).seq == i
+        assert 0.18 <= time.perf_counter() - t0 < 0.5
+
+
+def test_default_rates():
+    assert open_source("synthetic://ultrasound").fps == 30.0
+    assert open_source("synthetic://fluoroscopy").fps == 15.0
+
+
+@pytest.mark.parametrize(("uri", "name"), [
+    ("synthetic://ultrasound?fps=fast", "fps"),
+    ("synthetic://ultrasound?fps=-2", "fps"),
+    ("synthetic://ultrasound?width=wide", "width"),
+    ("synthetic://ultrasound?height=1.5", "height"),
+    ("synthetic://ultrasound?frames=many", "frames"),
+    ("synthetic://ultrasound?seed=x", "seed"),
+])
+def test_bad_parameter_is_a_config_error_naming_it(uri, name):
+    with pytest.raises(ConfigError, match=name):
+        open_source(uri)
+
+
+def test_unknown_kind_and_scheme():
+    with pytest.raises(ConfigError, match="synthetic://ultrasound"):
+        open_source("synthetic://mri")
+    with pytest.raises(ConfigError, match="zmq\\+tcp"):
+        open_source("rtsp://camera/stream")

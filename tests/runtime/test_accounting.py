@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import threading
+
+from medstream.runtime.accounting import FrameAccounting
+from medstream.runtime.mailbox import LatestMailbox
+
+
+def test_mailbox_keeps_only_the_newest_and_reports_what_it_replaces():
+    superseded = []
+    box = LatestMailbox(superseded.append)
+    for i in range(5):
+        box.put(i)
+    assert box.take(0.01) == 4 and superseded == [0, 1, 2, 3]
+    assert box.take(0.01) is None
+
+
+def test_mailbox_take_wakes_on_put():
+    box = LatestMailbox(lambda _: None)
+    threading.Timer(0.05, box.put, args=("x",)).start()
+    assert box.take(2.0) == "x"
+
+
+def test_accounting_invariant_and_latency_percentiles():
+    a = FrameAccounting()
+    for _ in range(10):
+        a.on_received()
+    for _ in range(6):
+        a.on_processed()
+    a.on_dropped("superseded", n=3)
+    c = a.counters()
+    assert c["in_flight"] == 1 and c["dropped_total"] == 3
+    for ms in range(1, 101):
+        a.record_latency("total", float(ms))
+    s = a.latency_summary()["total"]
+    assert abs(s["p50"] - 50) < 0.5 and abs(s["p99"] - 99) < 0.5 and s["max"] >= 99.9
