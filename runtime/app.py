@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from medstream.runtime.backends import choose_backend, load_backend
-from medstream.runtime.config import RunConfig
+from medstream.runtime.config import RunConfig, SecurityConfig
 from medstream.runtime.contract import ModelContract, read_contract, resolve_contract
-from medstream.runtime.errors import ContractError, MedstreamError, ModelLoadError
+from medstream.runtime.errors import ConfigError, ContractError, MedstreamError, ModelLoadError
 from medstream.runtime.observers import PipelineObserver
 from medstream.runtime.pipeline import Pipeline
 from medstream.runtime.publisher import Publisher
+from medstream.runtime.security import CurveServer, check_bind_allowed, client_curve
 from medstream.runtime.sources import open_source
 from medstream.runtime.version import __version__, git_commit
 
@@ -91,9 +92,11 @@ def build_pipeline(cfg: RunConfig, observers: list[PipelineObserver] | None = No
                           "model": str(model_path), "backend": backend_name, "source": cfg.source,
                           "publish": publisher.bound_endpoint}},
     )
-    return Pipeline(source, backend, publisher, observers=observers, max_age_ms=cfg.max_age_ms,
-                    render_rgba=cfg.render_rgba, roi=cfg.roi, status_interval_s=cfg.status_interval_s,
-                    stall_timeout_s=cfg.stall_timeout_s, warmup_runs=cfg.warmup_runs, inject=cfg.inject)
+    pipeline = Pipeline(source, backend, publisher, observers=observers, max_age_ms=cfg.max_age_ms,
+                        render_rgba=cfg.render_rgba, roi=cfg.roi, status_interval_s=cfg.status_interval_s,
+                        stall_timeout_s=cfg.stall_timeout_s, warmup_runs=cfg.warmup_runs, inject=cfg.inject)
+    pipeline.security = security
+    return pipeline
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:

@@ -11,7 +11,7 @@ DURATION=${DURATION:-15}
 python -m pip install -q --upgrade pip
 python -m pip install -q -e .
 mkdir -p out
-medstream view --connect tcp://127.0.0.1:5556 --save out/overlays.mp4 --timeout 30 &
+medstream view --connect tcp://127.0.0.1:5556 --save out/overlays.mp4 --timeout 10 &
 viewer=$!
 medstream run --duration "$DURATION" --summary out/summary.json
 wait "$viewer" || true

@@ -34,6 +34,26 @@ def add_arguments(p) -> None:
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (loopback; off by default)")
     p.add_argument("--engine-cache", help="TensorRT engine cache directory")
     p.add_argument("--no-build", action="store_true", default=None, help="TensorRT: refuse to build a missing engine")
+    sec = p.add_argument_group("transport security (docs/SECURITY.md); any --curve-* option turns CURVE on")
+    sec.add_argument("--curve", action="store_true", default=None, help="encrypt and authenticate every socket (ZeroMQ CURVE)")
+    sec.add_argument("--curve-secret", help="the publisher's key pair (NAME.key_secret from medstream keys generate)")
+    sec.add_argument("--curve-allow", help="folder of the NAME.key files of clients allowed to subscribe")
+    sec.add_argument("--curve-client-secret", help="our key pair as a client of the frame sender (NAME.key_secret)")
+    sec.add_argument("--curve-server-key", help="the frame sender's public key (SENDER.key file or 40 Z85 characters)")
+    sec.add_argument("--allow-insecure-remote", action="store_true", default=None,
+                     help="allow binding a non-loopback address without CURVE (isolated networks only)")
+
+
+def _security_overrides(args) -> dict:
+    """Command-line security flags as a partial ``security`` mapping (merged over the YAML's)."""
+    keys = {"curve_secret": "server_secret_key", "curve_allow": "allowed_clients_dir",
+            "curve_client_secret": "client_secret_key", "curve_server_key": "frames_server_key"}
+    out = {dst: getattr(args, src, None) for src, dst in keys.items() if getattr(args, src, None)}
+    if out or getattr(args, "curve", None):
+        out["curve"] = True
+    if getattr(args, "allow_insecure_remote", None):
+        out["allow_insecure_remote"] = True
+    return out
 
 
 def main(args) -> int:
@@ -43,6 +63,8 @@ def main(args) -> int:
         "source", "source_id", "model", "backend", "publish", "threads", "max_frames", "duration", "summary",
         "max_age_ms", "render_rgba", "metrics_port", "engine_cache", "no_build")}
     cfg = load_config(args.config, overrides)
+    if sec := _security_overrides(args):
+        cfg = load_config(args.config, {**overrides, "security": {**cfg.security.model_dump(), **sec}})
     observers = _service_observers(cfg)
     pipeline = build_pipeline(cfg, observers=observers)
 
@@ -63,6 +85,8 @@ def main(args) -> int:
         summary = pipeline.run(max_frames=cfg.max_frames, duration_s=cfg.duration)
     finally:
         pipeline.publisher.close()
+        if hasattr(getattr(pipeline, "security", None), "close"):
+            pipeline.security.close()
     if cfg.summary:
         write_json_atomic(cfg.summary, summary)
     c = summary["counters"]

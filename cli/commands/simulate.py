@@ -28,12 +28,18 @@ def add_arguments(p) -> None:
     p.add_argument("--wait-subscribers", type=int, default=0,
                    help="wait until this many subscribers have joined before the first frame (no frame lost to a late joiner)")
     p.add_argument("--wait-timeout", type=float, default=30.0, help="seconds to wait for subscribers")
+    p.add_argument("--curve-secret", default=None,
+                   help="serve frames over CURVE with this key pair (NAME.key_secret; see docs/SECURITY.md)")
+    p.add_argument("--curve-allow", default=None, help="folder of the NAME.key files of receivers allowed to subscribe")
+    p.add_argument("--allow-insecure-remote", action="store_true",
+                   help="allow binding a non-loopback address without CURVE (isolated networks only)")
 
 
 def main(args) -> int:
     import zmq
 
     from medstream.runtime.errors import ConfigError, SourceEnded
+    from medstream.runtime.security import CurveServer, check_bind_allowed
     from medstream.runtime.sources import open_source
     from medstream.runtime.wire import encode_frame
 
@@ -77,6 +83,8 @@ def main(args) -> int:
         source.close()
         time.sleep(0.05)
         sock.close()
+        if security is not None:
+            security.close()
     log.info("sent %d frames", sent)
     print(f"sent {sent} frames")
     return 0

@@ -180,10 +180,23 @@ class TensorRTBackend(Backend):
         self._engine_manifest = manifest
         return data
 
+    def _precheck_engine_file(self) -> None:
+        """A prebuilt engine without a valid manifest is refused before the GPU is even touched."""
+        from medstream.runtime.engine.cache import check_engine
+
+        path = Path(self.model_path)
+        if path.suffix.lower() in ENGINE_SUFFIXES:
+            verdict = check_engine(path, path.with_suffix(".json"))
+            if not verdict.ok:
+                raise ModelLoadError(f"refusing to load {path}: {verdict.reason}",
+                                     "rebuild it on this device: 'medstream build --model MODEL.onnx' (and point "
+                                     "--model at the .onnx so the cache manages engines)")
+
     def _activate(self) -> None:
         from medstream.runtime.gpu import cuda
 
         trt, self.flavour = import_tensorrt()
+        self._precheck_engine_file()
         rt = cuda.cudart()
         cuda.check(rt.cudaSetDevice(self.device_index), "cudaSetDevice")
         info = cuda.device_info(self.device_index)
