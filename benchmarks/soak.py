@@ -371,7 +371,7 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 def default_model() -> str:
-    from medstream.runtime.models import MODELS_DIR, BUNDLED
+    from medstream.runtime.models import BUNDLED, MODELS_DIR
 
     return "ultrasound" if (MODELS_DIR / BUNDLED["ultrasound"]).is_file() else ""
 

@@ -205,9 +205,9 @@ def collect(connect: str, *, stop: Any, ready_file: Path | None = None, max_s: f
                 except zmq.Again:
                     break
                 t_arrival = time.time_ns()  # first thing after the message is ours
-                last_msg = time.monotonic()
                 try:
                     if parts[0] == b"overlay":
+                        last_msg = time.monotonic()
                         ov = decode_overlay(parts)
                         samples.append(Sample(ov.seq, ov.t_capture_ns, t_arrival, ov.t_publish_ns, dict(ov.stages_ms)))
                     elif parts[0] == b"status":
@@ -230,12 +230,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup-frames", type=int, default=0)
     p.add_argument("--ready-file", default=None, help="written when connected to the publisher")
     p.add_argument("--max-s", type=float, default=None, help="give up after this many seconds (safety)")
+    p.add_argument("--idle-exit-s", type=float, default=None,
+                   help="exit this many seconds after the last overlay (once at least one arrived)")
     args = p.parse_args(argv)
     flag = {"stop": False}
     signal.signal(signal.SIGTERM, lambda *_: flag.__setitem__("stop", True))
     signal.signal(signal.SIGINT, lambda *_: flag.__setitem__("stop", True))
     samples, statuses = collect(args.connect, stop=lambda: flag["stop"],
-                                ready_file=Path(args.ready_file) if args.ready_file else None, max_s=args.max_s)
+                                ready_file=Path(args.ready_file) if args.ready_file else None, max_s=args.max_s,
+                                idle_exit_s=args.idle_exit_s)
     result = analyse(samples, expected_interval_ms=args.interval_ms, warmup_s=args.warmup_s, warmup_frames=args.warmup_frames)
     result["last_status"] = statuses[-1] if statuses else None
     result["samples"] = {"seq": [s.seq for s in samples], "age_ms": [round(s.age_ms, 4) for s in samples]}

@@ -194,11 +194,11 @@ class Gate:
             if not math.isfinite(ref):
                 drops.append(None)
                 continue
-            drop = 100.0 * (ref - (got if math.isfinite(got) else 0.0))
+            drop = float(100.0 * (ref - (got if math.isfinite(got) else 0.0)))
             drops.append(drop)
             if worst is None or drop > worst:
                 worst, worst_name = drop, name
-        passed = worst is None or worst <= self.max_dice_drop + 1e-9
+        passed = bool(worst is None or worst <= self.max_dice_drop + 1e-9)
         return VariantScore(
             variant=variant, model_path=str(int8_path), dice=[_num(d) for d in run.dice], iou=[_num(i) for i in run.iou],
             drop_points=drops, argmax_agreement=run.agree / max(run.pixels, 1),

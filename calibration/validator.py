@@ -33,6 +33,7 @@ constant 1-D scales with an axis) and the parser errors users meet with ORT-quan
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,10 +93,8 @@ class _Graphs:
     def __init__(self, model: Any) -> None:
         import onnx
 
-        try:
+        with contextlib.suppress(Exception):  # shapes are a help, not a requirement
             model = onnx.shape_inference.infer_shapes(model)
-        except Exception:  # noqa: BLE001 - shapes are a help, not a requirement
-            pass
         self.model = model
         self.constants: dict[str, np.ndarray] = {}
         self.types: dict[str, int] = {}
@@ -124,10 +123,8 @@ class _Graphs:
         for init in graph.initializer:
             self.types[init.name] = init.data_type
             self.shapes[init.name] = tuple(init.dims)
-            try:
+            with contextlib.suppress(Exception):  # external data not loaded: type and shape still known
                 self.constants[init.name] = numpy_helper.to_array(init)
-            except Exception:  # noqa: BLE001 - external data not loaded: type and shape still known
-                pass
         for vi in (*graph.input, *graph.output, *graph.value_info):
             tt = vi.type.tensor_type
             if vi.type.HasField("tensor_type"):

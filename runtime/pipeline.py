@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from medstream.runtime import accounting as acc
@@ -64,7 +65,7 @@ class Pipeline:
                  accounting: FrameAccounting | None = None, observers: list[PipelineObserver] | None = None,
                  max_age_ms: float | None = None, render_rgba: bool = False, roi: tuple[int, int, int, int] | None = None,
                  status_interval_s: float = 1.0, stall_timeout_s: float = 1.0, warmup_runs: int = 3,
-                 inject: InjectConfig | None = None) -> None:
+                 inject: InjectConfig | None = None, telemetry: Callable[[], dict[str, Any]] | None = None) -> None:
         self.source = source
         self.backend = backend
         self.publisher = publisher
@@ -77,6 +78,7 @@ class Pipeline:
         self.stall_timeout_s = stall_timeout_s
         self.warmup_runs = warmup_runs
         self.inject = inject or InjectConfig()
+        self.telemetry = telemetry  # latest device telemetry sample (service layer), for status messages
         self.stop_event = threading.Event()
         self.source_state = STARTING
         self.source_error: str | None = None
@@ -329,7 +331,7 @@ class Pipeline:
         fps_out = (counters["processed"] - proc_mark) / span
         self._rate_mark = (now, counters["received"], counters["processed"])
         latency = self.accounting.latency_summary(recent=True)
-        return {
+        status = {
             "source_id": getattr(self.source, "source_id", "default"),
             "seq": self._status_seq,
             "t_capture_ns": now_ns(),
@@ -347,6 +349,12 @@ class Pipeline:
             "backend": self.backend.name,
             "device": self.backend.device,
         }
+        if self.telemetry is not None:
+            try:
+                status["device_telemetry"] = self.telemetry()
+            except Exception:
+                log.exception("reading device telemetry failed")
+        return status
 
     def _publish_status(self, final: bool = False) -> None:
         status = self.status()

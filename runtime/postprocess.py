@@ -36,7 +36,7 @@ class Postprocessor:
         self.n_classes = len(contract.classes)
         h, w = contract.input.height, contract.input.width
         self.mask = np.empty((h, w), np.uint8)
-        self._index = np.empty((h, w), np.intp)
+        self._best: np.ndarray | None = None
         self.epsilon = contour_epsilon_px
         self.max_contours = max_contours_per_class
 
@@ -48,14 +48,32 @@ class Postprocessor:
             np.copyto(self.mask, y.reshape(self.mask.shape), casting="unsafe")
             return self.mask
         axis = 0 if self.class_axis == 1 else -1
-        if y.shape[-2:] != self.mask.shape and axis == 0 or axis == -1 and y.shape[:2] != self.mask.shape:
+        spatial = y.shape[1:] if axis == 0 else y.shape[:2]
+        if spatial != self.mask.shape:
             # Output at another resolution than the input (some models downsample): allocate once.
-            spatial = y.shape[-2:] if axis == 0 else y.shape[:2]
             self.mask = np.empty(spatial, np.uint8)
-            self._index = np.empty(spatial, np.intp)
-        np.argmax(y, axis=axis, out=self._index)
-        np.copyto(self.mask, self._index, casting="unsafe")
+            self._best = None
+        planes = [y[k] for k in range(y.shape[0])] if axis == 0 else [y[..., k] for k in range(y.shape[-1])]
+        self._argmax(planes)
         return self.mask
+
+    def _argmax(self, planes: list[np.ndarray]) -> None:
+        """Argmax over class planes by running comparison: ~10x faster than ``np.argmax(axis=0)``
+        on a (K, H, W) array, whose class axis is the slowest-varying one, and allocation-free."""
+        if getattr(self, "_best", None) is None or self._best.shape != planes[0].shape or self._best.dtype != planes[0].dtype:
+            self._best = np.empty(planes[0].shape, planes[0].dtype)
+            self._greater = np.empty(planes[0].shape, bool)
+            self._step = np.empty(planes[0].shape, np.uint8)
+        best, greater, step, mask = self._best, self._greater, self._step, self.mask
+        np.copyto(best, planes[0])
+        mask.fill(0)
+        for k in range(1, len(planes)):
+            np.greater(planes[k], best, out=greater)  # ties keep the lower class id, as np.argmax does
+            np.maximum(best, planes[k], out=best)
+            # k exceeds every id written so far, so "set k where greater" is max(mask, greater * k):
+            # two dense passes instead of a masked copy (which costs 40x more).
+            np.multiply(greater, np.uint8(k), out=step)
+            np.maximum(mask, step, out=mask)
 
     def contours(self, mask: np.ndarray, frame_size: tuple[int, int]) -> list[Contour]:
         """Outer contours of every foreground class, in frame coordinates ``(x, y)``."""
@@ -78,5 +96,4 @@ class Postprocessor:
 
     def areas(self, mask: np.ndarray) -> dict[str, int]:
         """Pixel count per class at the mask's resolution."""
-        counts = np.bincount(mask.ravel(), minlength=self.n_classes)
-        return {name: int(counts[i]) for i, name in enumerate(self.contract.class_names) if i < len(counts)}
+        return {name: int(np.count_nonzero(mask == i)) for i, name in enumerate(self.contract.class_names)}

@@ -79,19 +79,80 @@ def _array_bytes(arr: np.ndarray) -> memoryview:
     return memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
 
 
+def _buf(part: Any, name: str) -> memoryview:
+    """A message part as a byte view; anything that is not a buffer is a malformed message."""
+    try:
+        return memoryview(part).cast("B") if not isinstance(part, memoryview) or part.format != "B" else part
+    except (TypeError, ValueError):
+        raise WireError("bad_parts", f"message part {name!r} is not a byte buffer ({type(part).__name__})") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise WireError("bad_number", f"header holds {name}, which is not a JSON number")
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):  # 1e999 parses to inf
+        raise WireError("bad_number", f"header number {text[:40]} is not finite")
+    return value
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise WireError("duplicate_key", f"header repeats the key {dup!r:.40}: which value counts would be ambiguous")
+    return obj
+
+
+#: Deepest JSON nesting a header may have (the real headers nest 3 levels).
+MAX_HEADER_DEPTH = 16
+
+
+def _depth_ok(raw: bytes, limit: int = MAX_HEADER_DEPTH) -> bool:
+    """Whether brackets nest at most ``limit`` deep, outside strings (cheap, before the parser recurses)."""
+    depth, in_str, esc = 0, False, False
+    for b in raw:
+        if in_str:
+            if esc:
+                esc = False
+            elif b == 0x5C:  # backslash
+                esc = True
+            elif b == 0x22:
+                in_str = False
+        elif b == 0x22:
+            in_str = True
+        elif b in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return False
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+    return True
+
+
 def _load_header(raw: Any, schema: str, limit: int) -> dict[str, Any]:
-    buf = memoryview(raw)
+    buf = _buf(raw, "header")
     if buf.nbytes > limit:
         raise WireError("header_too_large", f"header is {buf.nbytes} bytes, the limit is {limit}")
+    data = bytes(buf)
+    if data.count(b"[") + data.count(b"{") > MAX_HEADER_DEPTH and not _depth_ok(data):
+        raise WireError("too_deep", f"header nests deeper than {MAX_HEADER_DEPTH} levels")
     try:
-        header = json.loads(bytes(buf))
+        header = json.loads(data.decode("utf-8"), parse_constant=_reject_constant, parse_float=_parse_float,
+                            object_pairs_hook=_unique_object)
+    except WireError:
+        raise
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise WireError("bad_header", f"header is not valid UTF-8 JSON: {exc}") from None
+        # ValueError also covers integers longer than Python's int_max_str_digits (10**5000).
+        raise WireError("bad_header", f"header is not valid UTF-8 JSON: {str(exc)[:200]}") from None
     if not isinstance(header, dict):
         raise WireError("bad_header", f"header must be a JSON object, got {type(header).__name__}")
     got = header.get("schema")
     if got != schema:
-        raise WireError("bad_schema", f"schema is {got!r}, expected {schema!r}")
+        raise WireError("bad_schema", f"schema is {got!r:.60}, expected {schema!r}")
     return header
 
 
@@ -139,7 +200,7 @@ def _array_from(part: Any, dtype: np.dtype, shape: tuple[int, ...], name: str, l
     expected = int(np.prod(shape)) * dtype.itemsize
     if expected > limits.max_payload_bytes:
         raise WireError("too_large", f"{name} would be {expected} bytes, the limit is {limits.max_payload_bytes}")
-    buf = memoryview(part)
+    buf = _buf(part, name)
     if buf.nbytes != expected:
         raise WireError(
             "size_mismatch", f"{name} payload is {buf.nbytes} bytes but dtype {dtype.str} x shape {list(shape)} needs {expected}"
@@ -176,8 +237,8 @@ def decode_frame(parts: list[Any], limits: WireLimits = DEFAULT_LIMITS) -> Frame
     if not isinstance(parts, list | tuple) or not 3 <= len(parts) <= limits.max_parts:
         n = len(parts) if isinstance(parts, list | tuple) else "?"
         raise WireError("bad_parts", f"a frame message has 3 or 4 parts [topic, header, pixels, truth?], got {n}")
-    if bytes(memoryview(parts[0])) != FRAME_TOPIC:
-        raise WireError("bad_topic", f"expected topic {FRAME_TOPIC!r}, got {bytes(memoryview(parts[0]))[:32]!r}")
+    if bytes(_buf(parts[0], "topic")) != FRAME_TOPIC:
+        raise WireError("bad_topic", f"expected topic {FRAME_TOPIC!r}, got {bytes(_buf(parts[0], 'topic'))[:32]!r}")
     header = _load_header(parts[1], FRAME_SCHEMA, limits.max_header_bytes)
     seq = _int_field(header, "seq")
     t_capture_ns = _int_field(header, "t_capture_ns")

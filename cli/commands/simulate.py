@@ -50,15 +50,27 @@ def main(args) -> int:
     if args.frames is not None:
         uri += f"&frames={args.frames}"
     source = open_source(uri, source_id=args.source_id or f"sim-{args.kind}")
+    security = None
+    if args.curve_secret or args.curve_allow:
+        if not (args.curve_secret and args.curve_allow):
+            raise ConfigError("CURVE for simulate needs both --curve-secret and --curve-allow",
+                              "give this sender's NAME.key_secret and the folder of allowed receivers' NAME.key files")
+        security = CurveServer.from_files(args.curve_secret, args.curve_allow, domain="medstream-simulate")
+    check_bind_allowed(args.publish, encrypted=security is not None, allow_insecure_remote=args.allow_insecure_remote,
+                       what="the simulated frame publisher")
     ctx = zmq.Context.instance()
     sock = ctx.socket(zmq.XPUB)  # XPUB: we can see subscriptions arrive (for --wait-subscribers)
     sock.setsockopt(zmq.SNDHWM, 8)
     sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # report every subscriber, even with the same topic
     sock.setsockopt(zmq.LINGER, 2000)
+    if security is not None:
+        security.apply_server(sock)
     try:
         sock.bind(args.publish)
     except zmq.ZMQError as exc:
         sock.close(0)
+        if security is not None:
+            security.close()
         raise ConfigError(f"cannot bind {args.publish}: {exc.strerror}",
                           "another process uses this port: stop it or pick another --publish") from None
     stop = {"flag": False}

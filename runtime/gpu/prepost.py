@@ -45,14 +45,17 @@ __device__ __forceinline__ int ms_min(int a, int b) { return a < b ? a : b; }
 __device__ __forceinline__ int ms_max(int a, int b) { return a > b ? a : b; }
 
 // One source pixel converted to model channel c, as OpenCV's cvtColor would produce it (uint8 value).
+// Luma coefficients (B, G, R) and shift: OpenCV's fixed-point set, probed at start (they differ by version).
+struct ms_luma { int b, g, r, shift; };
+
 __device__ __forceinline__ float ms_src(const unsigned char* src, int pitch, int sc, int x, int y,
-                                        int op, int c) {
+                                        int op, int c, ms_luma l) {
     const unsigned char* p = src + (long long)y * pitch + (long long)x * sc;
     if (op == 1 || op == 2) {
         int b = op == 1 ? p[0] : p[2];
         int g = p[1];
         int r = op == 1 ? p[2] : p[0];
-        return (float)((b * 1868 + g * 9617 + r * 4899 + 8192) >> 14);  // OpenCV: 14-bit fixed point
+        return (float)((b * l.b + g * l.g + r * l.r + (1 << (l.shift - 1))) >> l.shift);
     }
     if (op == 3) return (float)p[0];
     if (op == 4) return (float)p[2 - c];
@@ -83,33 +86,33 @@ __device__ __forceinline__ unsigned short ms_half_bits(float f) {
     return (unsigned short)half;
 }
 
-// Bilinear sample (OpenCV INTER_LINEAR: half-pixel centres, replicated border, 11-bit weights).
+// Bilinear sample as OpenCV's INTER_LINEAR does it for uint8: half-pixel centres computed in double,
+// replicated border, 11-bit weights (1-f rounded first), and the rounding of its SIMD vertical pass.
 __device__ float ms_linear(const unsigned char* src, int pitch, int sc, int sw, int sh, int ox, int oy,
-                           float scale_x, float scale_y, int op, int c) {
-    float fx = (ox + 0.5f) * scale_x - 0.5f;
-    float fy = (oy + 0.5f) * scale_y - 0.5f;
-    int x0 = (int)floorf(fx);
-    int y0 = (int)floorf(fy);
-    fx -= x0;
-    fy -= y0;
+                           double scale_x, double scale_y, int op, int c, ms_luma l) {
+    double dx = (ox + 0.5) * scale_x - 0.5;
+    double dy = (oy + 0.5) * scale_y - 0.5;
+    int x0 = (int)floor(dx);
+    int y0 = (int)floor(dy);
+    float fx = (float)(dx - x0);
+    float fy = (float)(dy - y0);
     if (x0 < 0) { x0 = 0; fx = 0.f; }
     if (y0 < 0) { y0 = 0; fy = 0.f; }
     if (x0 >= sw - 1) { x0 = sw - 1; fx = 0.f; }
     if (y0 >= sh - 1) { y0 = sh - 1; fy = 0.f; }
     int x1 = ms_min(x0 + 1, sw - 1);
     int y1 = ms_min(y0 + 1, sh - 1);
-    int cx1 = (int)rintf(fx * 2048.f), cx0 = 2048 - cx1;
-    int cy1 = (int)rintf(fy * 2048.f), cy0 = 2048 - cy1;
-    int top = (int)ms_src(src, pitch, sc, x0, y0, op, c) * cx0 + (int)ms_src(src, pitch, sc, x1, y0, op, c) * cx1;
-    int bot = (int)ms_src(src, pitch, sc, x0, y1, op, c) * cx0 + (int)ms_src(src, pitch, sc, x1, y1, op, c) * cx1;
-    long long v = (long long)top * cy0 + (long long)bot * cy1;
-    return (float)((v + (1 << 21)) >> 22);
+    int cx0 = (int)rintf((1.f - fx) * 2048.f), cx1 = 2048 - cx0;
+    int cy0 = (int)rintf((1.f - fy) * 2048.f), cy1 = 2048 - cy0;
+    int top = (int)ms_src(src, pitch, sc, x0, y0, op, c, l) * cx0 + (int)ms_src(src, pitch, sc, x1, y0, op, c, l) * cx1;
+    int bot = (int)ms_src(src, pitch, sc, x0, y1, op, c, l) * cx0 + (int)ms_src(src, pitch, sc, x1, y1, op, c, l) * cx1;
+    return (float)(((((top >> 4) * cy0) >> 16) + (((bot >> 4) * cy1) >> 16) + 2) >> 2);
 }
 
 // Area average (OpenCV INTER_AREA when shrinking): each output pixel is the mean of the source area
 // it covers, partial source pixels weighted by their overlap.
 __device__ float ms_area(const unsigned char* src, int pitch, int sc, int sw, int sh, int ox, int oy,
-                         float scale_x, float scale_y, int integer_scale, int op, int c) {
+                         float scale_x, float scale_y, int integer_scale, int op, int c, ms_luma l) {
     float fx1 = ox * scale_x, fx2 = fx1 + scale_x;
     float fy1 = oy * scale_y, fy2 = fy1 + scale_y;
     int xa = (int)floorf(fx1), xb = ms_min((int)ceilf(fx2), sw);
@@ -122,7 +125,7 @@ __device__ float ms_area(const unsigned char* src, int pitch, int sc, int sw, in
         for (int x = xa; x < xb; ++x) {
             float wx = fminf((float)(x + 1), fx2) - fmaxf((float)x, fx1);
             if (wx <= 1e-3f) continue;
-            row += wx * ms_src(src, pitch, sc, x, y, op, c);
+            row += wx * ms_src(src, pitch, sc, x, y, op, c, l);
             rw += wx;
         }
         sum += wy * row;
@@ -136,17 +139,20 @@ __device__ float ms_area(const unsigned char* src, int pitch, int sc, int sw, in
 extern "C" __global__ void medstream_preprocess(
         const unsigned char* src, int pitch, int src_c, int roi_x, int roi_y, int roi_w, int roi_h,
         int out_h, int out_w, int out_c, int color_op, int mode, int integer_scale,
-        const float* a, const float* b, int clip, int nchw, int out_dtype, void* out) {
+        const float* a, const float* b, int clip, int nchw, int out_dtype, void* out,
+        int luma_b, int luma_g, int luma_r, int luma_shift) {
+    ms_luma l = {luma_b, luma_g, luma_r, luma_shift};
     int ox = blockIdx.x * blockDim.x + threadIdx.x;
     int oy = blockIdx.y * blockDim.y + threadIdx.y;
     if (ox >= out_w || oy >= out_h) return;
     const unsigned char* base = src + (long long)roi_y * pitch + (long long)roi_x * src_c;
     float sx = (float)roi_w / out_w, sy = (float)roi_h / out_h;
+    double dsx = (double)roi_w / out_w, dsy = (double)roi_h / out_h;
     for (int c = 0; c < out_c; ++c) {
         float v;
-        if (mode == 0) v = ms_src(base, pitch, src_c, ox, oy, color_op, c);
-        else if (mode == 1) v = ms_linear(base, pitch, src_c, roi_w, roi_h, ox, oy, sx, sy, color_op, c);
-        else v = ms_area(base, pitch, src_c, roi_w, roi_h, ox, oy, sx, sy, integer_scale, color_op, c);
+        if (mode == 0) v = ms_src(base, pitch, src_c, ox, oy, color_op, c, l);
+        else if (mode == 1) v = ms_linear(base, pitch, src_c, roi_w, roi_h, ox, oy, dsx, dsy, color_op, c, l);
+        else v = ms_area(base, pitch, src_c, roi_w, roi_h, ox, oy, sx, sy, integer_scale, color_op, c, l);
         long long idx = nchw ? ((long long)c * out_h + oy) * out_w + ox
                              : ((long long)oy * out_w + ox) * out_c + c;
         if (out_dtype == 2) { ((unsigned char*)out)[idx] = (unsigned char)v; continue; }
@@ -213,6 +219,34 @@ def _kernel(name: str) -> Any:
         _KERNELS["medstream_preprocess"] = module.get_function("medstream_preprocess")
         _KERNELS["medstream_argmax"] = module.get_function("medstream_argmax")
     return _KERNELS[name]
+
+
+LUMA_CANDIDATES = ((3735, 19235, 9798, 15),   # OpenCV 5
+                   (1868, 9617, 4899, 14))    # OpenCV 4
+_LUMA: list[tuple[int, int, int, int]] = []
+
+
+def luma_coefficients() -> tuple[int, int, int, int]:
+    """``(b, g, r, shift)`` with which this OpenCV's ``cvtColor(BGR2GRAY)`` is exactly reproduced.
+
+    OpenCV changed its fixed-point luma between versions; probing it once keeps the GPU path equal
+    to the CPU path whichever is installed.
+    """
+    if not _LUMA:
+        import cv2
+
+        rng = np.random.default_rng(0)
+        img = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        ref = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.int64)
+        b, g, r = (img[..., i].astype(np.int64) for i in range(3))
+        chosen = LUMA_CANDIDATES[0]
+        for cand in LUMA_CANDIDATES:
+            cb, cg, cr, sh = cand
+            if np.array_equal((b * cb + g * cg + r * cr + (1 << (sh - 1))) >> sh, ref):
+                chosen = cand
+                break
+        _LUMA.append(chosen)
+    return _LUMA[0]
 
 
 def color_op(have: str, want: str) -> int:
@@ -290,6 +324,7 @@ class GpuPreprocessor:
                             np.dtype(np.uint8): OUT_UINT8}[np.dtype(out_dtype)]
         self._pinned: np.ndarray | None = None
         self._frame: Any = None
+        self._luma = luma_coefficients()
 
     def _staging(self, shape: tuple[int, ...]) -> tuple[np.ndarray, Any]:
         cp = cupy()
@@ -330,7 +365,8 @@ class GpuPreprocessor:
             _kernel("medstream_preprocess")(grid, block, (
                 frame, i32(fw * src_c), i32(src_c), i32(x), i32(y), i32(w), i32(h),
                 i32(spec.height), i32(spec.width), i32(spec.channels), i32(op), i32(mode), i32(integer_scale),
-                self._a, self._b, i32(self._clip), i32(spec.layout == "NCHW"), i32(self._dtype_code), self.output))
+                self._a, self._b, i32(self._clip), i32(spec.layout == "NCHW"), i32(self._dtype_code), self.output,
+                *(i32(v) for v in self._luma)))
         return self.output
 
 

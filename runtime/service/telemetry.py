@@ -19,6 +19,7 @@ sampling (a telemetry hiccup must never affect the stream).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -75,10 +76,8 @@ class PsutilReader:
             "cpu": {"util_pct": ps.cpu_percent(None), "count": ps.cpu_count()},
             "memory": {"used_bytes": int(vm.total - vm.available), "total_bytes": int(vm.total)},
         }
-        try:
+        with contextlib.suppress(ps.Error):
             out["process"] = {"rss_bytes": int(self._proc.memory_info().rss), "cpu_pct": self._proc.cpu_percent(None)}
-        except ps.Error:
-            pass
         return out
 
 
@@ -182,10 +181,8 @@ class JtopReader:
         return out
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self._jetson.close()
-        except Exception:
-            pass
 
 
 class JetsonSysfsReader:
@@ -326,10 +323,8 @@ class TelemetrySampler:
         for r in self.readers:
             close = getattr(r, "close", None)
             if close is not None:
-                try:
+                with contextlib.suppress(Exception):
                     close()
-                except Exception:
-                    pass
 
 
 class TelemetryObserver(PipelineObserver):

@@ -71,3 +71,16 @@ def test_argmax_contours_scaled_to_frame_and_areas():
     xs, ys = contours[0].points[:, 0], contours[0].points[:, 1]
     assert (xs.min(), xs.max(), ys.min(), ys.max()) == (4, 10, 4, 10)  # doubled from model to frame pixels
     assert post.areas(mask) == {"background": 48, "mid": 16, "bright": 0}
+
+
+@pytest.mark.parametrize("n_classes, layout", [(2, "NCHW"), (3, "NCHW"), (5, "NHWC")])
+def test_class_map_equals_numpy_argmax_including_ties(n_classes, layout):
+    data = tiny_contract().model_dump()
+    data["classes"] = [{"name": f"c{i}"} for i in range(n_classes)]
+    data["outputs"] = [{"name": "logits", "layout": layout}]
+    data["input"].update(height=32, width=32)
+    post = Postprocessor(ModelContract.model_validate(data))
+    rng = np.random.default_rng(1)
+    logits = rng.integers(0, 3, (1, n_classes, 32, 32)).astype(np.float32)  # many ties
+    feed = logits if layout == "NCHW" else logits.transpose(0, 2, 3, 1).copy()
+    np.testing.assert_array_equal(post.class_map({"logits": feed}), np.argmax(logits[0], axis=0))

@@ -1,0 +1,365 @@
+"""Benchmark report: JSON with the full environment, a Markdown table and PNG plots.
+
+A latency number without its machine is meaningless, so the JSON records CPU model and cores, the
+load average when the run started (a busy machine shows in the tail), GPU and driver when present,
+library versions, ONNX Runtime threads, and on a Jetson the power mode and clocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import glob
+import json
+import os
+import platform
+import shutil
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "medstream.bench/1"
+ORDER = ("floor", "pipeline", "glass", "overload", "naive", "naive_overload", "streams")
+STAGE_COLUMNS = ("ingress", "queue", "preprocess", "infer", "compute", "postprocess", "wire_out", "total")
+
+# Targets from issue 6 (shown on a quiet machine with the ultrasound reference model).
+GLASS_P50_MARGIN_MS = 1.0
+GLASS_P99_MARGIN_MS = 3.0
+OVERLOAD_P99_FACTOR = 2.2
+OVERLOAD_THROUGHPUT_FRACTION = 0.9
+
+
+# ------------------------------------------------------------------------------------ environment
+def _run(cmd: list[str], timeout: float = 5.0) -> str | None:
+    if shutil.which(cmd[0]) is None:
+        return None
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware")):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _read(path: str) -> str | None:
+    with contextlib.suppress(OSError):
+        return Path(path).read_text().strip()
+    return None
+
+
+def jetson_info() -> dict[str, Any] | None:
+    """Power mode and clocks on a Jetson (``None`` elsewhere): they change latency by 2-3x."""
+    release = _read("/etc/nv_tegra_release")
+    if release is None:
+        return None
+    cpu_freq = {Path(p).parts[-3]: _read(p) for p in sorted(glob.glob("/sys/devices/system/cpu/cpu*/cpufreq/scaling_cur_freq"))}
+    gpu_freq = {p: _read(p) for p in glob.glob("/sys/devices/*gpu*/devfreq/*/cur_freq") + glob.glob("/sys/devices/platform/*gpu*/devfreq/*/cur_freq")}
+    return {"l4t_release": release.splitlines()[0], "power_mode": _run(["nvpmodel", "-q"]),
+            "cpu_freq_khz": cpu_freq, "gpu_freq_hz": gpu_freq, "jetson_clocks": _run(["jetson_clocks", "--show"])}
+
+
+def environment(threads: int | None = None) -> dict[str, Any]:
+    """Everything about this machine that changes a latency figure."""
+    import numpy
+    import zmq
+
+    from medstream.runtime.version import __version__, git_commit
+
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count()
+    gpu = _run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.sm", "--format=csv,noheader"])
+    cv2_version = None
+    with contextlib.suppress(ImportError):
+        import cv2
+
+        cv2_version = cv2.__version__
+    ort_providers = None
+    with contextlib.suppress(ImportError):
+        import onnxruntime as ort
+
+        ort_providers = ort.get_available_providers()
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    mem = None
+    with contextlib.suppress(ImportError):
+        import psutil
+
+        mem = round(psutil.virtual_memory().total / 2**30, 1)
+    return {
+        "hostname": platform.node(),
+        "os": platform.platform(),
+        "cpu_model": _cpu_model(),
+        "cpu_cores_logical": os.cpu_count(),
+        "cpu_cores_usable": affinity,
+        "memory_gb": mem,
+        "load_average_at_start": [round(x, 2) for x in load] if load else None,
+        "gpu": gpu,
+        "jetson": jetson_info(),
+        "python": platform.python_version(),
+        "medstream": __version__,
+        "git_commit": git_commit(),
+        "libraries": {"numpy": numpy.__version__, "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
+                      "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(), "opencv": cv2_version,
+                      "hdrhistogram": _version("hdrhistogram"), "psutil": _version("psutil"),
+                      "matplotlib": _version("matplotlib"), "tensorrt": _version("tensorrt")},
+        "onnxruntime_providers": ort_providers,
+        "onnxruntime_intra_op_threads": threads,
+    }
+
+
+# ---------------------------------------------------------------------------------------- targets
+def _get(d: dict[str, Any] | None, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
+def evaluate_targets(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with its measured value, limit and verdict (``None``: not run)."""
+    fl = _get(scenarios, "floor", "latency_ms") or {}
+    gl = _get(scenarios, "glass", "latency_ms") or {}
+    ov = scenarios.get("overload") or {}
+    out = []
+
+    def add(name: str, value: float | None, limit: float | None, ok: bool | None, unit: str = "ms") -> None:
+        out.append({"target": name, "value": None if value is None else round(value, 3),
+                    "limit": None if limit is None else round(limit, 3), "unit": unit, "pass": ok})
+
+    if fl and gl:
+        d50 = gl["p50"] - fl["p50"]
+        d99 = gl["p99"] - fl["p99"]
+        add("glass p50 - floor p50", d50, GLASS_P50_MARGIN_MS, d50 <= GLASS_P50_MARGIN_MS)
+        add("glass p99 - floor p99", d99, GLASS_P99_MARGIN_MS, d99 <= GLASS_P99_MARGIN_MS)
+    if fl and ov:
+        p99 = ov["latency_ms"].get("p99")
+        lim = OVERLOAD_P99_FACTOR * fl["p50"]
+        add("overload p99 age", p99, lim, None if p99 is None else p99 <= lim)
+        cap = ov.get("capacity_fps")
+        thr = ov.get("throughput_fps")
+        if cap and thr is not None:
+            add("overload throughput / capacity", thr / cap, OVERLOAD_THROUGHPUT_FRACTION,
+                thr / cap >= OVERLOAD_THROUGHPUT_FRACTION, unit="ratio")
+        if ov.get("rate_fps") and cap and ov["rate_fps"] < 1.5 * cap:
+            out[-1]["note"] = f"source {ov['rate_fps']:.0f} fps is under 1.5x capacity (capped): not a real overload"
+    if ov.get("accounting"):
+        a = ov["accounting"]
+        add("overload received = processed + dropped", a["received"], a["processed"] + a["dropped_total"], bool(a["exact"]),
+            unit="frames")
+    return out
+
+
+def naive_ratios(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
+    """naive / medstream for p50 and p99, under capacity and in overload."""
+    rows = []
+    for ms_name, nv_name in (("glass", "naive"), ("overload", "naive_overload")):
+        a, b = _get(scenarios, ms_name, "latency_ms"), _get(scenarios, nv_name, "latency_ms")
+        if not a or not b or not a.get("count") or not b.get("count"):
+            continue
+        rows.append({"condition": "under capacity" if ms_name == "glass" else "overload",
+                     "medstream": ms_name, "naive": nv_name,
+                     **{f"{p}_medstream": a[p] for p in ("p50", "p99")}, **{f"{p}_naive": b[p] for p in ("p50", "p99")},
+                     **{f"{p}_ratio": (b[p] / a[p] if a[p] else None) for p in ("p50", "p99")}})
+    return rows
+
+
+def build_report(scenarios: dict[str, Any], *, model: str, model_path: str, settings: dict[str, Any],
+                 command: str, env: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "model": {"name": model, "path": model_path},
+        "settings": settings,
+        "environment": env or environment(settings.get("threads")),
+        "scenarios": scenarios,
+        "targets": evaluate_targets(scenarios),
+        "naive_vs_medstream": naive_ratios(scenarios),
+    }
+
+
+# --------------------------------------------------------------------------------------- markdown
+def _f(v: Any, nd: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def _ordered(scenarios: dict[str, Any]) -> list[str]:
+    return [k for k in ORDER if k in scenarios] + [k for k in scenarios if k not in ORDER]
+
+
+def markdown(report: dict[str, Any], plots_prefix: str | None = None) -> str:
+    """The report as Markdown: environment line, latency table, stage table, targets, naive ratios."""
+    env = report["environment"]
+    sc = report["scenarios"]
+    lines = [
+        f"### {report['model']['name']} (`{Path(report['model']['path']).name}`)",
+        "",
+        f"{env['cpu_model']}, {env['cpu_cores_usable']} usable cores, load average at start "
+        f"{env.get('load_average_at_start')}; GPU: {env.get('gpu') or 'none'}; Python {env['python']}, onnxruntime "
+        f"{env['libraries']['onnxruntime']}, numpy {env['libraries']['numpy']}, pyzmq {env['libraries']['pyzmq']} "
+        f"(libzmq {env['libraries']['libzmq']}), OpenCV {env['libraries']['opencv']}; ONNX Runtime intra-op threads: "
+        f"{env.get('onnxruntime_intra_op_threads')}; medstream {env['medstream']} ({env['git_commit']}). "
+        f"Run {report['created']}, {report['settings'].get('duration_s')} s per scenario, warm-up "
+        f"{report['settings'].get('warmup_s')} s excluded.",
+        "",
+        "Latency in ms (floor: one inference; pipeline: capture to overlay ready, in-process; others: age of the "
+        "overlay at arrival in a separate subscriber process). tail = max - p95, flatness = p90 - p10.",
+        "",
+        "| scenario | source fps | p50 | p90 | p99 | p99.9 | max | tail | flatness | p99 (CO-corr.) | throughput /s | "
+        "capacity /s | drops | CPU % (proc) | RSS MB (proc) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in _ordered(sc):
+        r = sc[name]
+        lat = r.get("latency_ms") or {}
+        co = r.get("latency_ms_co") or {}
+        drops = ", ".join(f"{k} {v}" for k, v in sorted((r.get("drops") or {}).items())) or "0"
+        res = r.get("resources") or {}
+        cpu = " / ".join(f"{k} {_f(v.get('cpu_pct_mean'), 0)}" for k, v in res.items())
+        rss = " / ".join(f"{k} {_f(v.get('rss_mb_max'), 0)}" for k, v in res.items())
+        lines.append("| " + " | ".join([
+            name, _f(r.get("rate_fps"), 1), _f(lat.get("p50")), _f(lat.get("p90")), _f(lat.get("p99")),
+            _f(lat.get("p99.9")), _f(lat.get("max")), _f(lat.get("tail")), _f(lat.get("flatness")),
+            _f(co.get("p99")), _f(r.get("throughput_fps"), 1), _f(r.get("capacity_fps"), 1), drops, cpu or "-",
+            rss or "-"]) + " |")
+    lines += ["", "Per-stage p50 in ms (from each overlay's `stages_ms`; ingress = capture to received by the runtime, "
+              "wire_out = published to arrival at the subscriber):", "",
+              "| scenario | " + " | ".join(STAGE_COLUMNS) + " |", "|---" * (len(STAGE_COLUMNS) + 1) + "|"]
+    for name in _ordered(sc):
+        st = sc[name].get("stages_ms") or {}
+        if st:
+            lines.append(f"| {name} | " + " | ".join(_f((st.get(k) or {}).get("p50")) for k in STAGE_COLUMNS) + " |")
+    acc = [(n, sc[n]["accounting"]) for n in _ordered(sc) if sc[n].get("accounting")]
+    if acc:
+        lines += ["", "Frame accounting (from the runtime's `--summary`; naive: its own counters):", "",
+                  "| scenario | sent by source | received | processed | dropped | exact | overlays at subscriber |",
+                  "|---|---|---|---|---|---|---|"]
+        for n, a in acc:
+            lines.append(f"| {n} | {_f(a.get('sent_by_source'))} | {a['received']} | {a['processed']} | "
+                         f"{a['dropped_total']} | {a['exact']} | {_f(a.get('overlays_at_subscriber'))} |")
+    if report.get("targets"):
+        lines += ["", "Targets:", "", "| target | measured | limit | pass |", "|---|---|---|---|"]
+        for t in report["targets"]:
+            verdict = {True: "yes", False: "**no**", None: "-"}[t["pass"]]
+            note = f" ({t['note']})" if t.get("note") else ""
+            lines.append(f"| {t['target']} | {_f(t['value'], 3)} {t['unit']} | {_f(t['limit'], 3)} | {verdict}{note} |")
+    if report.get("naive_vs_medstream"):
+        lines += ["", "Naive loop vs medstream (same frames, rate and subscriber):", "",
+                  "| condition | medstream p50 | naive p50 | ratio | medstream p99 | naive p99 | ratio |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in report["naive_vs_medstream"]:
+            lines.append(f"| {row['condition']} | {_f(row['p50_medstream'])} | {_f(row['p50_naive'])} | "
+                         f"{_f(row['p50_ratio'], 1)}x | {_f(row['p99_medstream'])} | {_f(row['p99_naive'])} | "
+                         f"{_f(row['p99_ratio'], 1)}x |")
+    notes = [f"- {n}: {note}" for n in _ordered(sc) for note in sc[n].get("notes", [])]
+    if notes:
+        lines += ["", "Notes:", "", *notes]
+    if plots_prefix is not None:
+        lines += ["", f"![latency CDF]({plots_prefix}cdf.png) ![per-stage]({plots_prefix}stages.png) "
+                      f"![latency over time]({plots_prefix}timeline.png)"]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------ plots
+def plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
+    """``cdf.png`` (all scenarios), ``stages.png`` (per-stage p50 bars), ``timeline.png`` (age over time)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return []
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sc = report["scenarios"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    title = f"medstream bench: {report['model']['name']}"
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name in _ordered(sc):
+        pts = sc[name].get("cdf") or []
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency (ms, log)")
+    ax.set_ylabel("fraction of overlays")
+    ax.set_title(title + ": latency CDF")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    paths.append(out_dir / "cdf.png")
+    fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+    names = [n for n in _ordered(sc) if sc[n].get("stages_ms")]
+    fig, ax = plt.subplots(figsize=(9, 5))
+    bottoms = [0.0] * len(names)
+    for stage in ("ingress", "queue", "preprocess", "infer", "postprocess", "wire_out"):
+        vals = [((sc[n]["stages_ms"].get(stage) or {}).get("p50") or 0.0) for n in names]
+        ax.bar(names, vals, bottom=bottoms, label=stage)
+        bottoms = [b + v for b, v in zip(bottoms, vals, strict=True)]
+    ax.set_ylabel("p50 per stage (ms, stacked)")
+    ax.set_title(title + ": where the time goes")
+    ax.legend()
+    paths.append(out_dir / "stages.png")
+    fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for name in _ordered(sc):
+        tl = sc[name].get("timeline") or []
+        if tl and name != "floor":
+            ax.plot([p[0] for p in tl], [p[1] for p in tl], ".", ms=2, label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("seconds since the first overlay (warm-up included)")
+    ax.set_ylabel("latency (ms, log)")
+    ax.set_title(title + ": latency over time")
+    ax.legend(markerscale=5)
+    paths.append(out_dir / "timeline.png")
+    fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """``report.json``, ``report.md`` and the PNGs into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    pngs = plots(report, out_dir)
+    (out_dir / "report.md").write_text(markdown(report, plots_prefix="" if pngs else None))
+    return {"json": out_dir / "report.json", "markdown": out_dir / "report.md", **{p.stem: p for p in pngs}}
+
+
+def results_markdown(reports: list[tuple[dict[str, Any], str]], command: str) -> str:
+    """``benchmarks/RESULTS.md``: every model's report, generated (never typed by hand)."""
+    parts = [
+        "# Benchmark results",
+        "",
+        f"<!-- GENERATED FILE: do not edit. Regenerate with: {command} -->",
+        f"Generated by `{command}` on {reports[0][0]['created'] if reports else '-'}; do not edit by hand. "
+        "What each scenario measures: docs/BENCHMARKS.md.",
+        "",
+    ]
+    for report, prefix in reports:
+        parts.append(markdown(report, plots_prefix=prefix))
+    return "\n".join(parts)
