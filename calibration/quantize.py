@@ -91,6 +91,7 @@ def prepare_model(fp32_path: str | Path, workdir: str | Path) -> Path:
         if not node.name:
             node.name = f"{node.op_type}_{i}"
             changed = True
+    changed |= _unshare_parameters(model.graph)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < MIN_OPSET:
         model = version_converter.convert_version(model, MIN_OPSET)
@@ -100,6 +101,45 @@ def prepare_model(fp32_path: str | Path, workdir: str | Path) -> Path:
     out = Path(workdir) / f"{path.stem}.prepared.onnx"
     onnx.save(model, str(out))
     return out
+
+
+def _unshare_parameters(graph: Any) -> bool:
+    """Give every weighted layer its own weight and bias initializers; drop ``Identity`` over initializers.
+
+    Exporters deduplicate equal initializers (BatchNorm folding of an untrained or symmetric layer
+    gives several convs the same all-zero bias, reached through ``Identity`` nodes). A quantized
+    bias depends on its own conv's input and weight scales, so a shared one cannot be right for all
+    of them: ONNX Runtime then leaves those convs unfused (float) in the uint8 CPU file, several
+    times slower. One copy per layer costs a few kilobytes.
+    """
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    changed = False
+    for node in list(graph.node):  # Identity(initializer) -> an initializer under the output's name
+        if node.op_type == "Identity" and node.input and node.input[0] in inits and node.output[0] not in inits:
+            copy = numpy_helper.from_array(numpy_helper.to_array(inits[node.input[0]]), node.output[0])
+            graph.initializer.append(copy)
+            inits[copy.name] = copy
+            graph.node.remove(node)
+            changed = True
+    users: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            if name in inits:
+                users[name] = users.get(name, 0) + 1
+    for node in graph.node:
+        if node.op_type not in WEIGHTED_OPS:
+            continue
+        for k in range(1, len(node.input)):
+            name = node.input[k]
+            if name in inits and users.get(name, 0) > 1:
+                new = f"{name}__{node.name}"
+                graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[name]), new))
+                users[name] -= 1
+                node.input[k] = new
+                changed = True
+    return changed
 
 
 def node_names(model_path: str | Path) -> list[str]:
