@@ -150,7 +150,7 @@ def _int_field(header: dict[str, Any], name: str, lo: int = 0, hi: int = _INT64_
     value = header.get(name)
     # bool is an int subclass in Python; a JSON true is not a sequence number.
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise WireError("bad_field", f"field {name!r} must be an integer in [{lo}, {hi}], got {value!r}")
+        raise WireError("bad_field", f"field {name!r} must be an integer in [{lo}, {hi}], got {value!r:.80}")
     return value
 
 
@@ -281,23 +281,68 @@ def encode_overlay(overlay: Overlay) -> list[Any]:
     return parts
 
 
+_MAX_CLASSES = 256
+
+
+def _number_map(header: dict[str, Any], name: str) -> dict[str, float]:
+    value = header.get(name, {})
+    if not isinstance(value, dict) or len(value) > 64 or not all(
+            isinstance(k, str) and len(k) <= 64 and isinstance(v, int | float) and not isinstance(v, bool)
+            for k, v in value.items()):
+        raise WireError("bad_field", f"field {name!r} must map at most 64 short names to numbers")
+    return dict(value)
+
+
+def _classes(header: dict[str, Any]) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
+    classes = header.get("classes", [])
+    if not isinstance(classes, list) or len(classes) > _MAX_CLASSES:
+        raise WireError("bad_field", f"field 'classes' must be a list of at most {_MAX_CLASSES} classes")
+    names, colors = [], []
+    for c in classes:
+        name = c.get("name") if isinstance(c, dict) else None
+        color = c.get("color", [0, 0, 0]) if isinstance(c, dict) else None
+        if not isinstance(name, str) or len(name) > 64 or not (
+                isinstance(color, list) and len(color) in (3, 4)
+                and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in color)):
+            raise WireError("bad_field", "each class must be {'name': text (<= 64), 'color': [0..255 x 3]}")
+        names.append(name)
+        colors.append(tuple(color))
+    return tuple(names), tuple(colors)
+
+
 def decode_overlay(parts: list[Any], limits: WireLimits = DEFAULT_LIMITS) -> Overlay:
     """Parse an overlay message (consumer side: viewer, status, benchmarks, tests)."""
     if not isinstance(parts, list | tuple) or not 4 <= len(parts) <= 5:
         raise WireError("bad_parts", "an overlay message has 4 or 5 parts [topic, header, mask, contours, rgba?]")
-    if bytes(memoryview(parts[0])) != OVERLAY_TOPIC:
+    if bytes(_buf(parts[0], "topic")) != OVERLAY_TOPIC:
         raise WireError("bad_topic", f"expected topic {OVERLAY_TOPIC!r}")
     header = _load_header(parts[1], OVERLAY_SCHEMA, limits.max_overlay_header_bytes)
+    seq = _int_field(header, "seq")
+    t_capture_ns = _int_field(header, "t_capture_ns")
+    t_publish_ns = _int_field(header, "t_publish_ns")
+    source_id = _source_id(header)
+    model_id = header.get("model_id", "")
+    if not isinstance(model_id, str) or len(model_id) > 128:
+        raise WireError("bad_field", "field 'model_id' must be text of at most 128 characters")
+    class_names, class_colors = _classes(header)
     mdtype, mshape = _array_spec(header.get("mask"), "mask", limits, image=False)
     mask = _array_from(parts[2], mdtype, mshape, "mask", limits)
+    frame_size = header.get("frame_size", list(mshape[:2]))
+    if not (isinstance(frame_size, list) and len(frame_size) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= max(limits.max_height, limits.max_width)
+            for v in frame_size)):
+        raise WireError("bad_field", f"field 'frame_size' must be [H, W] in 1..{max(limits.max_height, limits.max_width)}")
     counts = header.get("contours", [])
-    raw_points = memoryview(parts[3])
+    if not isinstance(counts, list):
+        raise WireError("bad_field", "contours must be a list of [class_id, n_points]")
+    raw_points = _buf(parts[3], "contour points")
     if raw_points.nbytes % 8 or raw_points.nbytes // 8 > limits.max_contour_points:
         raise WireError("size_mismatch", "contour points part is not a sane int32 (N, 2) array")
     points = np.frombuffer(raw_points, dtype="<i4").reshape(-1, 2)
     contours, start = [], 0
     for item in counts:
-        if not (isinstance(item, list) and len(item) == 2 and all(isinstance(v, int) for v in item)):
+        if not (isinstance(item, list) and len(item) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in item) and 0 <= item[0] < _MAX_CLASSES):
             raise WireError("bad_field", "contours must be a list of [class_id, n_points]")
         class_id, n = item
         if n < 0 or start + n > len(points):
@@ -308,21 +353,11 @@ def decode_overlay(parts: list[Any], limits: WireLimits = DEFAULT_LIMITS) -> Ove
     if len(parts) == 5:
         rdtype, rshape = _array_spec(header.get("rgba"), "rgba", limits, image=True)
         rgba = _array_from(parts[4], rdtype, rshape, "rgba", limits)
-    classes = header.get("classes", [])
     return Overlay(
-        seq=_int_field(header, "seq"),
-        t_capture_ns=_int_field(header, "t_capture_ns"),
-        source_id=_source_id(header),
-        model_id=str(header.get("model_id", "")),
-        class_names=tuple(str(c.get("name")) for c in classes),
-        class_colors=tuple(tuple(int(v) for v in c.get("color", (0, 0, 0))) for c in classes),
-        mask=mask,
-        frame_size=tuple(header.get("frame_size", mshape[:2])),
-        contours=contours,
-        areas_px=dict(header.get("areas_px", {})),
-        stages_ms=dict(header.get("stages_ms", {})),
-        t_publish_ns=_int_field(header, "t_publish_ns"),
-        rgba=rgba,
+        seq=seq, t_capture_ns=t_capture_ns, source_id=source_id, model_id=model_id,
+        class_names=class_names, class_colors=class_colors, mask=mask, frame_size=tuple(frame_size),
+        contours=contours, areas_px=_number_map(header, "areas_px"), stages_ms=_number_map(header, "stages_ms"),
+        t_publish_ns=t_publish_ns, rgba=rgba,
     )
 
 
@@ -341,7 +376,7 @@ def decode_status(parts: list[Any], limits: WireLimits = DEFAULT_LIMITS) -> dict
     """Parse a status message into a dict (the schema is documented in docs/WIRE.md)."""
     if not isinstance(parts, list | tuple) or len(parts) != 2:
         raise WireError("bad_parts", "a status message has 2 parts [topic, header]")
-    if bytes(memoryview(parts[0])) != STATUS_TOPIC:
+    if bytes(_buf(parts[0], "topic")) != STATUS_TOPIC:
         raise WireError("bad_topic", f"expected topic {STATUS_TOPIC!r}")
     header = _load_header(parts[1], STATUS_SCHEMA, limits.max_overlay_header_bytes)
     _int_field(header, "seq")

@@ -1,0 +1,89 @@
+"""Measure latency: compute floor, in-process pipeline, glass-to-glass over ZeroMQ, overload, the naive
+loop, concurrent streams. Writes report.json, report.md and PNG plots; see docs/BENCHMARKS.md.
+
+Examples: ``medstream bench`` (all scenarios, ultrasound model), ``medstream bench glass overload
+--duration 10``, ``medstream bench --model my.onnx``, ``medstream bench --compare A.json B.json``,
+``medstream bench --results-md`` (both reference models; rewrites benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+HELP = "benchmark latency (floor, pipeline, glass-to-glass, overload, naive loop, streams)"
+RESULTS_MD_COMMAND = "medstream bench --results-md"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                   help="floor pipeline glass overload naive streams (default: all)")
+    p.add_argument("--model", default=None, help="ultrasound, fluoroscopy or a path to an ONNX file with a medstream contract")
+    p.add_argument("--duration", type=float, default=15.0, help="seconds per scenario (default 15)")
+    p.add_argument("--rate", type=float, default=None,
+                   help="source fps under capacity (default 0.6 x capacity; capacity = 1000 / floor p50)")
+    p.add_argument("--overload-rate", type=float, default=None, help="source fps for overload (default 2 x capacity)")
+    p.add_argument("--streams", type=int, default=2, help="concurrent streams in the 'streams' scenario")
+    p.add_argument("--threads", type=int, default=None,
+                   help="ONNX Runtime intra-op threads for medstream run and the naive loop "
+                        "(default: 1 on <= 2 cores, else cores - 1: the simulator and subscriber need a core)")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds excluded at the start of each scenario")
+    p.add_argument("--out", default=None, help="output folder (default benchmarks/results/<model>)")
+    p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="print ratios B/A of two reports and exit")
+    p.add_argument("--results-md", action="store_true",
+                   help="run for both reference models (or --model) and regenerate benchmarks/RESULTS.md")
+
+
+def main(args) -> int:
+    from medstream.runtime.errors import ConfigError
+
+    if args.compare:
+        from medstream.benchmarks.compare import format_ratios
+
+        print(format_ratios(*args.compare))
+        return 0
+    from medstream.benchmarks import report as rep
+    from medstream.benchmarks.scenarios import SCENARIOS, Settings, default_threads, run_scenarios
+    from medstream.runtime.app import resolve_model_path
+
+    names = args.scenarios or list(SCENARIOS)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise ConfigError(f"unknown scenario(s) {unknown}", f"choose from: {' '.join(SCENARIOS)}")
+    if args.duration <= args.warmup:
+        raise ConfigError(f"--duration {args.duration} must be longer than --warmup {args.warmup}",
+                          "give e.g. --duration 15 --warmup 2")
+    models = [args.model] if args.model else (["ultrasound", "fluoroscopy"] if args.results_md else ["ultrasound"])
+    results_root = Path(rep.__file__).resolve().parent / "results"
+    command = "medstream " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else "medstream bench"
+    threads = args.threads or default_threads()
+    written = []
+    for model in models:
+        path = resolve_model_path(model)
+        out = Path(args.out) / (Path(model).stem if len(models) > 1 else "") if args.out else results_root / Path(model).stem
+        s = Settings(model=model, model_path=path, out_dir=out, duration_s=args.duration, rate=args.rate,
+                     overload_rate=args.overload_rate, streams=args.streams, threads=threads, warmup_s=args.warmup)
+        results = run_scenarios(s, names)
+        settings = {"scenarios": names, "duration_s": s.duration_s, "warmup_s": s.warmup_s, "threads": threads,
+                    "threads_choice": "given" if args.threads else "default: 1 on <= 2 usable cores, else cores - 1",
+                    "rate": args.rate, "overload_rate": args.overload_rate, "streams": s.streams,
+                    "glass_fraction": s.glass_fraction, "overload_factor": s.overload_factor, "max_rate": s.max_rate}
+        report = rep.build_report(results, model=model, model_path=str(path), settings=settings, command=command)
+        files = rep.write_report(report, out)
+        written.append((report, out))
+        print(rep.markdown(report))
+        print(f"wrote {files['json']} and {files['markdown']}")
+    if args.results_md:
+        md_path = results_root.parent / "RESULTS.md"
+        md = rep.results_markdown([(r, f"{_rel(o, md_path.parent)}/") for r, o in written], RESULTS_MD_COMMAND)
+        md_path.write_text(md)
+        print(f"wrote {md_path}")
+    return 0
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(base.resolve()))
+    except ValueError:
+        return str(Path(path).resolve())
