@@ -199,6 +199,9 @@ class _Run:
         trt = q.quantize_variant(self.prepared, ranges_json, method, self.workdir / f"a{self.counter}.int8.onnx",
                                  "tensorrt", exclude)
         violations = validate_model(trt)
+        if violations and all(v.rule == "no_qdq" for v in violations):
+            raise ConfigError(f"nothing of {self.req.model} is left to quantize with {len(exclude)} layer(s) in float",
+                              "exclude fewer layers (--exclude / --keep-first-last-float)")
         if violations:
             raise CalibrationError(
                 f"the TensorRT INT8 file made for {self.req.model} breaks TensorRT's Q/DQ rules: "

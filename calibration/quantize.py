@@ -303,13 +303,14 @@ def count_qdq(model_path: str | Path) -> dict[str, int]:
 
 
 def float_nodes(model_path: str | Path, candidates: Sequence[str]) -> list[str]:
-    """Which of ``candidates`` (weighted layers) read no dequantized input: left in float."""
+    """Which of ``candidates`` (weighted layers) kept float weights, i.e. were left out of quantization."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
     dq_outputs = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     by_name = {n.name: n for n in graph.node}
-    return [c for c in candidates if c in by_name and not any(i in dq_outputs for i in by_name[c].input)]
+    return [c for c in candidates if c in by_name and len(by_name[c].input) > 1
+            and by_name[c].input[1] not in dq_outputs]
 
 
 __all__ = ["DEFAULT_METHOD", "VARIANTS", "amax_of", "cpu_variant_path", "first_last_layers", "prepare_model",

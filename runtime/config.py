@@ -68,7 +68,7 @@ class RunConfig(_Strict):
     source: str = DEFAULT_SOURCE
     source_id: str | None = None
     model: str = DEFAULT_MODEL
-    backend: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
+    backend: Literal["auto", "onnxruntime", "onnxruntime-cuda", "tensorrt"] = "auto"
     publish: str = DEFAULT_PUBLISH
     threads: int | None = Field(default=None, gt=0, le=256, description="inference threads (ONNX Runtime intra-op)")
     max_frames: int | None = Field(default=None, gt=0)

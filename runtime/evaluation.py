@@ -22,8 +22,9 @@ Data
   ``start``), without real-time pacing. Two evaluation-only parameters: ``scenes=K`` spreads the
   frames over seeds ``seed .. seed+K-1`` (a seed is one anatomy; several give a fairer number), and
   ``stride=S`` takes every S-th frame. Held-out evaluation uses seeds >= 10000, which training never uses.
-* A folder of frames with truth masks: ``images/`` + ``masks/`` sub-folders with matching file
-  stems, or ``NAME.npy`` next to ``NAME_mask.npy`` (``.png`` works too), or ``.npz`` files holding
+* A folder of frames with truth masks: a ``medstream record`` folder (``NNNNNNNN.npy`` +
+  ``NNNNNNNN.truth.npy`` + ``NNNNNNNN.json`` header), ``images/`` + ``masks/`` sub-folders with matching
+  file stems, ``NAME.npy`` next to ``NAME_mask.npy`` (``.png`` works too), or ``.npz`` files holding
   ``image`` and ``mask`` arrays.
 * Any other source URI whose frames carry ``truth``.
 """
@@ -48,7 +49,7 @@ from medstream.runtime.preprocess import Preprocessor
 from medstream.runtime.sources.base import parse_uri
 
 IMAGE_SUFFIXES = (".npy", ".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
-MASK_TAGS = ("_mask", ".mask", "-mask")
+MASK_TAGS = ("_mask", ".mask", "-mask", ".truth")  # ".truth": what `medstream record` writes
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -88,7 +89,8 @@ def find_image_mask_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
     """Pairs ``(image file, mask file)`` in a folder of frames with truth masks, sorted by name.
 
     Layouts accepted: ``images/`` + ``masks/`` sub-folders with the same stems; or ``NAME.ext`` next to
-    ``NAME_mask.ext`` (also ``NAME.mask.ext``, ``NAME-mask.ext``); ``.npz`` files holding ``image`` and
+    ``NAME_mask.ext`` (also ``NAME.mask.ext``, ``NAME-mask.ext``, and ``NAME.truth.npy`` as written by
+    ``medstream record``); ``.npz`` files holding ``image`` and
     ``mask`` (paired with themselves). Training on user data (``medstream train --data``) uses the same.
 
     Raises
@@ -142,8 +144,15 @@ def load_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray
     else:
         image = _read_array(image_path)
         mask = _read_array(mask_path)
-        # OpenCV decodes colour files as BGR; .npy frames are taken as RGB (numpy convention).
+        # OpenCV decodes colour files as BGR; .npy frames are taken as RGB (numpy convention) unless a
+        # `medstream record` header beside them says otherwise.
         color = "gray" if image.ndim == 2 else ("bgr" if image_path.suffix.lower() != ".npy" else "rgb")
+        header = image_path.with_suffix(".json")
+        if image.ndim == 3 and header.is_file():
+            try:
+                color = str(json.loads(header.read_text()).get("color_order", color))
+            except (OSError, ValueError):
+                pass
     if mask.ndim == 3 and mask.shape[2] == 1:
         mask = mask[:, :, 0]
     if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer):

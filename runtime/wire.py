@@ -129,7 +129,7 @@ def _load_header(raw: Any, schema: str, limit: int) -> dict[str, Any]:
         raise WireError("header_too_large", f"header is {buf.nbytes} bytes, the limit is {limit}")
     data = bytes(buf)
     if data.count(b"[") + data.count(b"{") > MAX_HEADER_DEPTH and not _depth_ok(data):
-        raise WireError("too_deep", f"header nests deeper than {MAX_HEADER_DEPTH} levels")
+        raise WireError("bad_header", f"header nests deeper than {MAX_HEADER_DEPTH} levels")
     try:
         header = json.loads(data.decode("utf-8"), parse_constant=_reject_constant, parse_float=_parse_float,
                             object_pairs_hook=_unique_object)

@@ -23,7 +23,7 @@ def add_arguments(p) -> None:
     p.add_argument("--source", help="source URI, e.g. synthetic://ultrasound?fps=30, zmq+tcp://127.0.0.1:5555, file://clip.mp4")
     p.add_argument("--source-id", help="stream name carried in every message")
     p.add_argument("--model", help="bundled model name (ultrasound, fluoroscopy) or path to an ONNX file")
-    p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"])
+    p.add_argument("--backend", choices=["auto", "onnxruntime", "onnxruntime-cuda", "tensorrt"])
     p.add_argument("--publish", help="ZeroMQ endpoint to bind for overlays and status (default tcp://127.0.0.1:5556)")
     p.add_argument("--threads", type=int, help="inference threads (default: all usable cores)")
     p.add_argument("--max-frames", type=int, help="stop after receiving N frames")

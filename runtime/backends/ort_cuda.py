@@ -51,6 +51,11 @@ def cuda_ep_available() -> tuple[bool, str]:
         return False, f"onnxruntime {ort.__version__} is the CPU build (no CUDAExecutionProvider)"
     from medstream.runtime.gpu.cuda import device_count
 
+    try:
+        import cuda.bindings.runtime  # noqa: F401
+    except ImportError:  # cannot verify a device without cuda-python: trust onnxruntime's provider list
+        return True, (f"onnxruntime {ort.__version__} with CUDAExecutionProvider (device not verified: cuda-python "
+                      "not installed)")
     if device_count() == 0:
         return False, f"onnxruntime {ort.__version__} has the CUDA provider but no CUDA device is usable"
     return True, f"onnxruntime {ort.__version__} with CUDAExecutionProvider and a CUDA device"

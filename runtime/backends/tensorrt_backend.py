@@ -358,7 +358,12 @@ class TensorRTBackend(Backend):
     def make_preprocessor(self):
         """Device-side preprocessing writing straight into the engine's input buffer (CPU one without CuPy)."""
         self.activate()
-        from medstream.runtime.gpu.prepost import GpuPreprocessor, cupy_available, device_view, external_stream
+        from medstream.runtime.gpu.prepost import (
+            GpuPreprocessor,
+            cupy_available,
+            device_view,
+            external_stream,
+        )
 
         if not cupy_available():
             log.info("CuPy not available: preprocessing on the CPU, input copied to the GPU from pinned memory")

@@ -7,6 +7,7 @@ with the backend ``auto`` would pick and why, from the same :func:`choose_backen
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
@@ -145,14 +146,10 @@ def jetson_info(root: str | Path = "/") -> dict[str, Any] | None:
     release_file = root / "etc" / "nv_tegra_release"
     model_file = root / "proc" / "device-tree" / "model"
     release = model = None
-    try:
+    with contextlib.suppress(OSError, IndexError):
         release = release_file.read_text(errors="replace").splitlines()[0].strip()
-    except (OSError, IndexError):
-        pass
-    try:
+    with contextlib.suppress(OSError):
         model = model_file.read_bytes().rstrip(b"\x00").decode(errors="replace").strip()
-    except OSError:
-        pass
     if release is None and (model is None or "jetson" not in model.lower()):
         return None
     power = _run(["nvpmodel", "-q"])

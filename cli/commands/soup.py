@@ -1,0 +1,199 @@
+"""List the third-party software (SOUP, IEC 62304) medstream depends on, from the installed environment.
+
+For each package: name, version, licence (``License-Expression``, else ``License``, else the licence
+classifiers), why medstream uses it (a short hand-kept note for direct dependencies; the others are
+``transitive (via X)``) and a flag for licences that need a decision: copyleft (GPL, LGPL, AGPL),
+proprietary, or unknown. Optional extras are listed with their extra; ``jetson-stats`` (AGPL-3.0) is
+always listed and flagged, installed or not. Development tools (the ``dev`` extra) are not shipped and
+not listed. ``medstream soup --out docs/SOUP.md`` regenerates the committed list.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import deque
+from importlib import metadata
+from typing import Any
+
+HELP = "list third-party software with versions and licences (SOUP, IEC 62304)"
+
+#: Why each direct dependency is there (keep in step with pyproject.toml).
+PURPOSE: dict[str, str] = {
+    "numpy": "arrays for frames, masks and tensors",
+    "pyzmq": "ZeroMQ transport (frames in, overlays and status out), CURVE encryption",
+    "onnx": "reading/writing model files and their embedded contract",
+    "onnxruntime": "CPU inference engine",
+    "opencv-python-headless": "image resize/colour conversion, contours, video and capture-card input",
+    "pydantic": "validated run configuration",
+    "pyyaml": "YAML config files",
+    "hdrhistogram": "latency percentiles",
+    "prometheus-client": "metrics endpoint",
+    "psutil": "process telemetry (RSS, fds, threads), soak test",
+    "tqdm": "progress bars in training/calibration tools",
+    "torch": "training the reference models (train extra, not needed to run)",
+    "onnxslim": "graph simplification before quantization (calibrate extra)",
+    "cuda-python": "CUDA memory, streams and events for GPU backends",
+    "nvidia-ml-py": "GPU telemetry (NVML)",
+    "onnxruntime-gpu": "ONNX Runtime with CUDA",
+    "tensorrt": "TensorRT builder and runtime",
+    "tensorrt-lean-cu13": "TensorRT lean runtime (prebuilt engines only)",
+    "jetson-stats": "Jetson telemetry (jtop); AGPL-3.0, kept optional",
+    "matplotlib": "benchmark figures (bench extra)",
+    "hypothesis": "wire-format fuzzing (fuzz extra)",
+}
+#: Licences declared upstream, used when a package is not installed here.
+KNOWN_LICENCES = {"jetson-stats": "AGPL-3.0-only", "tensorrt": "Proprietary (NVIDIA)", "nvidia-ml-py": "BSD-3-Clause",
+                  "onnxruntime-gpu": "MIT", "torch": "BSD-3-Clause"}
+#: Listed (and flagged) even when pyproject stops naming them: the reason they are optional.
+ALWAYS_LISTED = {"jetson-stats": "jetson"}
+EXCLUDED_EXTRAS = {"dev"}
+
+_CLASSIFIER_SPDX = {
+    "MIT License": "MIT", "BSD License": "BSD", "Apache Software License": "Apache-2.0",
+    "GNU General Public License v3 (GPLv3)": "GPL-3.0", "GNU Affero General Public License v3": "AGPL-3.0",
+    "GNU Lesser General Public License v3 (LGPLv3)": "LGPL-3.0", "Mozilla Public License 2.0 (MPL 2.0)": "MPL-2.0",
+    "Python Software Foundation License": "PSF-2.0", "ISC License (ISCL)": "ISC",
+}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def licence_of(meta: Any) -> str:
+    """The best short licence text from package metadata ("" when none is declared)."""
+    expr = meta.get("License-Expression")
+    if expr:
+        return expr.strip()
+    text = (meta.get("License") or "").strip()
+    classifiers = [c.split("::")[-1].strip() for c in (meta.get_all("Classifier") or []) if c.startswith("License ::")]
+    if text and len(text) <= 80 and "\n" not in text and text.upper() not in ("UNKNOWN", "NONE"):
+        return text
+    if classifiers:
+        return " AND ".join(_CLASSIFIER_SPDX.get(c, c) for c in classifiers)
+    if text:  # a whole licence text pasted into the field: name it by its first line
+        return text.splitlines()[0][:80]
+    return ""
+
+
+def licence_flag(licence: str) -> str:
+    """Why a licence needs attention ("" if it is permissive)."""
+    up = licence.upper()
+    if not licence:
+        return "UNKNOWN licence: check the project"
+    if "AGPL" in up or "AFFERO" in up:
+        return "AGPL: network copyleft, keep out of shipped builds"
+    if "LGPL" in up or "LESSER GENERAL" in up:
+        return "LGPL: dynamic linking only, ship source offer"
+    if "GPL" in up or "GENERAL PUBLIC" in up:
+        return "GPL: copyleft, must not be linked into the product"
+    if "PROPRIETARY" in up or "OTHER/PROPRIETARY" in up:
+        return "proprietary: check the vendor licence terms"
+    return ""
+
+
+def _requirements(dist_name: str) -> list[tuple[str, str | None]]:
+    """``(name, extra)`` of what ``dist_name`` requires (``extra`` None for unconditional requirements)."""
+    from packaging.requirements import Requirement
+
+    out = []
+    for text in metadata.requires(dist_name) or []:
+        req = Requirement(text)
+        extra = None
+        if req.marker is not None:
+            m = re.search(r'extra\s*==\s*"([^"]+)"', str(req.marker))
+            if m:
+                extra = m.group(1)
+            elif not req.marker.evaluate({"extra": ""}):
+                continue
+        out.append((req.name, extra))
+    return out
+
+
+def _installed(name: str) -> metadata.Distribution | None:
+    try:
+        return metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def collect(root: str = "medstream") -> list[dict[str, Any]]:
+    """Direct dependencies of ``root`` (core and extras, minus dev tools) and everything they pull in."""
+    rows: dict[str, dict[str, Any]] = {}
+    direct = [(n, e) for n, e in _requirements(root) if e not in EXCLUDED_EXTRAS]
+    queue: deque[tuple[str, str]] = deque()
+    for name, extra in direct:
+        key = _norm(name)
+        if key in rows:
+            continue
+        rows[key] = {"name": name, "extra": extra, "purpose": PURPOSE.get(key, PURPOSE.get(name, "")), "direct": True}
+        queue.append((name, name))
+    while queue:  # breadth first: "via" names the first direct dependency that pulls a package in
+        name, via = queue.popleft()
+        if _installed(name) is None:
+            continue
+        for dep, extra in _requirements(name):
+            key = _norm(dep)
+            if extra is not None or key in rows or _installed(dep) is None:
+                continue
+            parent = rows[_norm(via)]
+            rows[key] = {"name": dep, "extra": parent["extra"], "purpose": f"transitive (via {via})", "direct": False}
+            queue.append((dep, via))
+    for name, extra in ALWAYS_LISTED.items():
+        rows.setdefault(_norm(name), {"name": name, "extra": extra, "purpose": PURPOSE.get(name, ""), "direct": True})
+    out = []
+    for row in rows.values():
+        dist = _installed(row["name"])
+        licence = licence_of(dist.metadata) if dist is not None else ""
+        if not licence and _norm(row["name"]) in KNOWN_LICENCES:
+            licence = KNOWN_LICENCES[_norm(row["name"])] + ("" if dist is not None else " (declared upstream)")
+        out.append({
+            "name": dist.metadata["Name"] if dist is not None else row["name"],
+            "version": dist.version if dist is not None else "not installed",
+            "licence": licence or "unknown",
+            "flag": licence_flag(licence),
+            "scope": "core" if row["extra"] is None else f"optional [{row['extra']}]",
+            "purpose": row["purpose"],
+        })
+    out.sort(key=lambda r: (r["scope"] != "core", r["scope"], r["purpose"].startswith("transitive"), r["name"].lower()))
+    return out
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    import platform
+
+    flagged = [r for r in rows if r["flag"]]
+    lines = [
+        "# SOUP: software of unknown provenance (IEC 62304 section 8.1.2)", "",
+        "Generated by `medstream soup --out docs/SOUP.md` from the installed environment "
+        f"(Python {platform.python_version()}, {platform.machine()}); do not edit by hand, regenerate after "
+        "changing dependencies. `core` is what `pip install medstream` installs; `optional [x]` comes with an "
+        "extra; development tools (the `dev` extra) are not shipped and not listed.", "",
+        "Items to decide on (licence flags):", "",
+        *([f"- **{r['name']}** {r['version']} ({r['licence']}): {r['flag']}" for r in flagged] or ["- none"]), "",
+        "Also note: `opencv-python-headless` wheels bundle FFmpeg (LGPL-2.1) as a shared library; "
+        "`onnxruntime` and `tensorrt` wheels carry their own third-party notices.", "",
+        "| package | version | licence | scope | purpose | flag |", "| --- | --- | --- | --- | --- | --- |",
+        *[f"| {r['name']} | {r['version']} | {r['licence']} | {r['scope']} | {r['purpose']} | {r['flag']} |" for r in rows],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--out", default=None, help="write the markdown list here (e.g. docs/SOUP.md) instead of stdout")
+    p.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+
+
+def main(args) -> int:
+    rows = collect()
+    text = json.dumps(rows, indent=2) if args.json else markdown(rows)
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).write_text(text + ("\n" if args.json else ""), encoding="utf-8")
+        print(f"wrote {len(rows)} packages to {args.out} ({sum(1 for r in rows if r['flag'])} flagged)")
+    else:
+        print(text)
+    return 0

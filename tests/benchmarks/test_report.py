@@ -1,0 +1,78 @@
+"""Report JSON keys, Markdown table, plots and --compare ratios (synthetic scenario results)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from medstream.benchmarks import report as rep
+from medstream.benchmarks.subscriber import analyse
+from medstream.cli.main import main as cli_main
+from tests.benchmarks.test_subscriber import _samples
+
+
+def _scenario(name, ages, stages=None, **kw):
+    a = analyse(_samples(ages, stages=stages), expected_interval_ms=10.0, warmup_s=0.0)
+    return {"scenario": name, "latency_ms": a["age_ms"], "latency_ms_co": a["age_ms_co"], "stages_ms": a["stages_ms"],
+            "throughput_fps": a["throughput_fps"], "rate_fps": 100.0, "capacity_fps": 100.0, "drops": {"superseded": 3},
+            "accounting": {"received": 10, "processed": 7, "dropped_total": 3, "exact": True},
+            "resources": {"run": {"cpu_pct_mean": 90.0, "rss_mb_max": 150.0}}, "timeline": a["timeline"], "cdf": a["cdf"],
+            "notes": ["synthetic"], **kw}
+
+
+def _report(scale=1.0):
+    st = {"queue": 0.1, "preprocess": 0.2, "infer": 5.0, "compute": 4.9, "postprocess": 0.5, "total": 6.0}
+    sc = {"floor": _scenario("floor", [5.0 * scale] * 50),
+          "glass": _scenario("glass", [6.5 * scale] * 50, st),
+          "overload": _scenario("overload", [9.0 * scale] * 50, st),
+          "naive": _scenario("naive", [8.0 * scale] * 50),
+          "naive_overload": _scenario("naive_overload", list(range(10, 60)))}
+    env = {"cpu_model": "test cpu", "cpu_cores_usable": 2, "python": "3.x", "medstream": "0", "git_commit": "abc",
+           "libraries": {"onnxruntime": "1", "numpy": "2", "pyzmq": "27", "libzmq": "4", "opencv": "5"},
+           "onnxruntime_intra_op_threads": 1}
+    return rep.build_report(sc, model="tiny", model_path="/x/tiny.onnx", settings={"duration_s": 5, "warmup_s": 1, "threads": 1},
+                            command="medstream bench", env=env)
+
+
+def test_report_has_the_required_keys_and_targets():
+    r = _report()
+    assert {"schema", "created", "command", "model", "settings", "environment", "scenarios", "targets",
+            "naive_vs_medstream"} <= set(r)
+    for name in ("floor", "glass", "overload", "naive", "naive_overload"):
+        lat = r["scenarios"][name]["latency_ms"]
+        assert {"p50", "p90", "p99", "p99.9", "max", "tail", "flatness"} <= set(lat)
+    targets = {t["target"]: t for t in r["targets"]}
+    assert abs(targets["glass p50 - floor p50"]["value"] - 1.5) < 0.02 and targets["glass p50 - floor p50"]["pass"] is False
+    assert abs(targets["overload p99 age"]["limit"] - 11.0) < 0.05 and targets["overload p99 age"]["pass"] is True
+    ratio = r["naive_vs_medstream"][0]
+    assert ratio["condition"] == "under capacity" and abs(ratio["p50_ratio"] - 8.0 / 6.5) < 0.01
+
+
+def test_real_environment_names_cpu_and_libraries():
+    env = rep.environment(threads=1)
+    assert env["cpu_cores_usable"] >= 1 and env["cpu_model"]
+    assert env["libraries"]["onnxruntime"] and env["libraries"]["numpy"] and env["libraries"]["pyzmq"]
+    assert "gpu" in env and "jetson" in env and env["onnxruntime_intra_op_threads"] == 1
+
+
+def test_markdown_table_and_plots(tmp_path: Path):
+    files = rep.write_report(_report(), tmp_path)
+    md = files["markdown"].read_text()
+    assert "| scenario | source fps | p50 |" in md
+    for name in ("floor", "glass", "overload", "naive", "naive_overload"):
+        assert f"| {name} |" in md
+    assert "| glass p50 - floor p50 | 1." in md and "| 1.000 | **no** |" in md
+    for png in ("cdf.png", "stages.png", "timeline.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(files["json"].read_text())["scenarios"]["glass"]["latency_ms"]["p50"] > 6.4
+
+
+def test_compare_prints_ratios(tmp_path: Path, capsys):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_report(1.0)))
+    b.write_text(json.dumps(_report(2.0)))
+    assert cli_main(["bench", "--compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    glass_line = next(line for line in out.splitlines() if line.startswith("glass"))
+    assert glass_line.split()[1] == "2.00x"  # p50 doubled
+    assert cli_main(["bench", "--compare", str(a), str(tmp_path / "missing.json")]) != 0
