@@ -71,6 +71,8 @@ class FrameAccounting:
         self.processed = 0
         self.published = 0
         self.publish_failed = 0
+        self.lost_upstream = 0
+        self._last_seq: dict[str, int] = {}
         self.dropped: Counter[str] = Counter()
         self.invalid_by_reason: Counter[str] = Counter()
         self.latency: dict[str, LatencyStats] = {}
@@ -79,6 +81,19 @@ class FrameAccounting:
     def on_received(self, n: int = 1) -> None:
         with self._lock:
             self.received += n
+
+    def on_sequence(self, source_id: str, seq: int) -> None:
+        """Count frames lost *before* this process saw them, from gaps in the source's ``seq``.
+
+        Such frames were never received, so they are outside the received = processed + dropped
+        invariant; ``lost_upstream`` makes them visible (a sender or network dropping frames). A seq
+        that goes backwards means the sender restarted: counting starts again from it.
+        """
+        with self._lock:
+            last = self._last_seq.get(source_id)
+            if last is not None and seq > last + 1:
+                self.lost_upstream += seq - last - 1
+            self._last_seq[source_id] = seq
 
     def on_dropped(self, reason: str, detail: str | None = None, n: int = 1) -> None:
         with self._lock:
@@ -119,6 +134,7 @@ class FrameAccounting:
                 "processed": self.processed,
                 "published": self.published,
                 "publish_failed": self.publish_failed,
+                "lost_upstream": self.lost_upstream,
                 "dropped": dropped,
                 "dropped_total": sum(dropped.values()),
                 "invalid_by_reason": dict(self.invalid_by_reason),

@@ -211,6 +211,7 @@ class Pipeline:
                     self.source_error = None
                     backoff.reset()
                 self.accounting.on_received()
+                self.accounting.on_sequence(frame.source_id, frame.seq)
                 self._mailbox.put(frame)
         except Exception:  # a bug in a source must not leave the worker waiting forever
             log.exception("receiver thread failed on source %s", self.source.uri.raw)

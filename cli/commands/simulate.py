@@ -25,6 +25,8 @@ def add_arguments(p) -> None:
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--source-id", default=None)
+    p.add_argument("--preload", type=int, default=0,
+                   help="render N frames once and loop them (near-zero CPU: for benchmarks on small machines)")
     p.add_argument("--wait-subscribers", type=int, default=0,
                    help="wait until this many subscribers have joined before the first frame (no frame lost to a late joiner)")
     p.add_argument("--wait-timeout", type=float, default=30.0, help="seconds to wait for subscribers")
@@ -49,6 +51,8 @@ def main(args) -> int:
     uri = f"synthetic://{args.kind}?fps={rate}&seed={args.seed}&width={args.width}&height={args.height}&truth={int(args.truth)}"
     if args.frames is not None:
         uri += f"&frames={args.frames}"
+    if args.preload:
+        uri += f"&preload={args.preload}"
     source = open_source(uri, source_id=args.source_id or f"sim-{args.kind}")
     security = None
     if args.curve_secret or args.curve_allow:

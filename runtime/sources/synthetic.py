@@ -3,7 +3,9 @@
 Query parameters: ``width``, ``height`` (default 256), ``fps`` (30 for ultrasound, 15 for fluoroscopy;
 ``0`` means as fast as the consumer reads), ``seed`` (0), ``frames`` (unbounded unless given),
 ``probe`` (``convex``/``linear``, ultrasound), ``truth`` (attach the ground-truth mask, default on),
-``start`` (first frame index, default 0), ``id`` (source id).
+``start`` (first frame index, default 0), ``id`` (source id), ``preload`` (render this many frames once
+and cycle through them: the simulator then costs almost no CPU, which matters when it shares a
+2-core machine with the model under test; ``seq`` and capture times stay fresh and increasing).
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ class SyntheticSource(Source):
         self.frames = uri.param("frames", None, int)
         self.start = uri.param("start", 0, int)
         self.with_truth = uri.param("truth", True, bool)
+        self.preload = uri.param("preload", 0, int)
+        if self.preload < 0:
+            raise ConfigError(f"source {uri.raw!r}: preload must be >= 0", "use preload=0 (off) or a frame count")
+        self._cache: dict[int, tuple] = {}
         self.finite = self.frames is not None
         extra = {"probe": uri.params["probe"]} if "probe" in uri.params and kind == "ultrasound" else {}
         self._phantom_kwargs = dict(height=self.height, width=self.width, seed=self.seed, **extra)
@@ -68,8 +74,13 @@ class SyntheticSource(Source):
                 return None
             if wait > 0:
                 time.sleep(wait)
-        index = self.start + self._index
-        image, mask = self._phantom.render(index)
+        if self.preload:
+            index = self.start + self._index % self.preload
+            if index not in self._cache:
+                self._cache[index] = self._phantom.render(index)
+            image, mask = self._cache[index]
+        else:
+            image, mask = self._phantom.render(self.start + self._index)
         frame = Frame(seq=self._index, t_capture_ns=now_ns(), image=image, source_id=self.source_id,
                       truth=mask if self.with_truth else None, color_order="gray")
         self._index += 1

@@ -34,3 +34,22 @@ def test_accounting_invariant_and_latency_percentiles():
         a.record_latency("total", float(ms))
     s = a.latency_summary()["total"]
     assert abs(s["p50"] - 50) < 0.5 and abs(s["p99"] - 99) < 0.5 and s["max"] >= 99.9
+
+
+def test_gaps_in_the_source_sequence_are_counted_as_lost_upstream():
+    a = FrameAccounting()
+    for seq in (0, 1, 2, 5, 6, 10, 0, 1):  # 3+4 missing, then the sender restarts at 0
+        a.on_sequence("s", seq)
+    a.on_sequence("other", 100)
+    assert a.counters()["lost_upstream"] == 5
+
+
+def test_preloaded_synthetic_source_cycles_rendered_frames_with_fresh_seq():
+    from medstream.runtime.sources import open_source
+
+    src = open_source("synthetic://ultrasound?fps=0&preload=3&frames=7&width=64&height=64")
+    src.open()
+    frames = [src.read(1.0) for _ in range(7)]
+    assert [f.seq for f in frames] == list(range(7))
+    assert frames[0].image is frames[3].image and frames[1].image is not frames[0].image
+    assert all(b.t_capture_ns >= a.t_capture_ns for a, b in zip(frames, frames[1:]))
