@@ -253,7 +253,9 @@ def stream(s: Settings, name: str, rate: float, *, engine: str = "medstream", n_
             lane["sim"] = group.spawn(f"simulate{lane['tag']}", harness.medstream_cmd(
                 "--log-level", "WARNING", "simulate", "--kind", s.sim_kind, "--rate", f"{rate:.4f}",
                 "--publish", lane["sim_ep"], "--frames", str(frames), "--width", str(w), "--height", str(h),
-                "--wait-subscribers", "1", "--wait-timeout", "90"))
+                "--wait-subscribers", "1", "--wait-timeout", "90",
+                # Pre-rendered frames: the simulator must not take CPU from the model under test.
+                "--preload", "300"))
         deadline = time.monotonic() + s.duration_s + 120  # model load + the stream itself
         for lane in lanes:
             if lane["sim"].wait(max(1.0, deadline - time.monotonic())) is None:

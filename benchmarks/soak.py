@@ -180,7 +180,8 @@ class Soak:
         log = open(self.tmp / f"simulate-{self.sim_starts}.log", "w")  # noqa: SIM115 - closed with the process
         self.sim = subprocess.Popen(_cli("simulate", "--publish", f"tcp://127.0.0.1:{self.frames_port}",
                                          "--rate", str(self.args.rate), "--width", str(self.args.size),
-                                         "--height", str(self.args.size), "--seed", str(self.sim_starts)),
+                                         "--height", str(self.args.size), "--seed", str(self.sim_starts),
+                                         "--preload", "300"),
                                     stdout=log, stderr=subprocess.STDOUT)
         self.sim_starts += 1
 

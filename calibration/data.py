@@ -3,7 +3,8 @@
 ``--data`` takes what ``medstream run --source`` takes, through the same
 :func:`medstream.runtime.sources.open_source`:
 
-* ``synthetic://ultrasound?seed=3`` (the phantom; ``fps=0`` is added so it is not paced in real time);
+* ``synthetic://ultrasound?seed=3`` (the phantom; ``fps=0`` is added so it is not paced in real time;
+  ``scenes=K`` spreads the frames over seeds ``seed .. seed+K-1``, as in evaluation);
 * a folder of images or ``.npy`` frames, including a folder written by ``medstream record``
   (``NNNNNNNN.npy`` + ``NNNNNNNN.json``), as a bare path or ``file://`` URI;
 * a video file;
@@ -58,6 +59,24 @@ def normalize_uri(uri: str) -> str:
     return uri
 
 
+def expand_scenes(uri: str) -> list[str]:
+    """``synthetic://KIND?seed=S&scenes=K`` -> K URIs with seeds S .. S+K-1 (one phantom anatomy each).
+
+    The same convention as the evaluation oracle's ``scenes=``: calibration frames spread over
+    several anatomies, gains and probes describe the deployment better than 200 frames of one.
+    """
+    parsed = parse_uri(uri)
+    if parsed.scheme != "synthetic" or "scenes" not in parsed.params:
+        return [uri]
+    scenes = parsed.param("scenes", 1, int)
+    if scenes < 1:
+        raise ConfigError(f"{uri}: scenes must be >= 1", "use scenes=8 for eight phantom anatomies")
+    seed = parsed.param("seed", 0, int)
+    rest = [f"{k}={v}" for k, v in parsed.params.items() if k not in ("scenes", "seed")]
+    base = f"synthetic://{parsed.netloc or parsed.path.strip('/')}"
+    return [f"{base}?{'&'.join([f'seed={seed + i}', *rest])}" for i in range(scenes)]
+
+
 def _local_path(uri: str) -> Path | None:
     parsed = parse_uri(uri)
     if parsed.scheme != "file":
@@ -110,7 +129,7 @@ class CalibrationData:
             raise ConfigError(f"--frames must be at least 1, got {self.frames}", "pass --frames 200 (100-500 is typical)")
         if not self.uris:
             raise ConfigError("no calibration data given", "pass --data SRC (synthetic://..., a folder, a video)")
-        self.opened = [normalize_uri(u) for u in self.uris]
+        self.opened = [normalize_uri(e) for u in self.uris for e in expand_scenes(u)]
 
     @property
     def cacheable(self) -> bool:
@@ -204,4 +223,4 @@ def default_eval_uri(data_uris: Sequence[str], frames: int) -> str | None:
     return f"synthetic://{kind}?seed=10000&scenes={scenes}{extra}"
 
 
-__all__ = ["CalibrationData", "default_eval_uri", "normalize_uri"]
+__all__ = ["CalibrationData", "default_eval_uri", "expand_scenes", "normalize_uri"]

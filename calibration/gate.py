@@ -17,14 +17,13 @@ Reported per INT8 file:
 The gate passes when no class loses more than ``max_dice_drop`` points. Classes absent from both
 truth and prediction (Dice undefined) are not judged.
 
-:func:`node_errors` ranks layers by how much error each adds, for ``--auto``'s "leave the worst
-layers in float" remedy.
+Which layers hurt most is measured in :mod:`medstream.calibration.pipeline` (leave-one-out: the
+argmax agreement gained by keeping each layer in float), with :class:`ModelRun` on a few frames.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,49 +209,4 @@ class Gate:
         )
 
 
-# ------------------------------------------------------------------------------- per-layer error
-def node_errors(fp32_path: str | Path, int8_path: str | Path, input_name: str, inputs: Sequence[np.ndarray],
-                candidates: Sequence[str] | None = None, threads: int | None = None) -> list[tuple[str, float]]:
-    """Layers ranked by the relative error they *add* in the INT8 model, worst first.
-
-    Every node output keeps its name in ONNX Runtime's QDQ files (Q/DQ are inserted after it), so
-    the FP32 and INT8 graphs can be run side by side with those tensors exposed. A layer's error is
-    ``||y_int8 - y_fp32|| / ||y_fp32||`` at its output, minus the largest such error among its
-    inputs: what its own weight and input quantization contributed, not what it inherited.
-    """
-    import onnx
-
-    from medstream.calibration.stats import augmented_session
-
-    fp32 = onnx.load(str(fp32_path), load_external_data=False)
-    int8_names = {o for n in onnx.load(str(int8_path), load_external_data=False).graph.node for o in n.output}
-    int8_names |= {o.name for o in onnx.load(str(int8_path), load_external_data=False).graph.output}
-    nodes = [n for n in fp32.graph.node if candidates is None or n.name in candidates]
-    wanted = sorted({o for n in fp32.graph.node for o in n.output if o in int8_names})
-    s_f = augmented_session(Path(fp32_path), wanted, threads)
-    s_q = augmented_session(Path(int8_path), wanted, threads)
-    num: dict[str, float] = dict.fromkeys(wanted, 0.0)
-    den: dict[str, float] = dict.fromkeys(wanted, 0.0)
-    for x in inputs:
-        ref = dict(zip([o.name for o in s_f.get_outputs()], s_f.run(None, {input_name: x}), strict=True))
-        got = dict(zip([o.name for o in s_q.get_outputs()], s_q.run(None, {input_name: x}), strict=True))
-        for name in wanted:
-            if name in ref and name in got and np.shape(ref[name]) == np.shape(got[name]):
-                r = np.asarray(ref[name], np.float64)
-                num[name] += float(np.sum((np.asarray(got[name], np.float64) - r) ** 2))
-                den[name] += float(np.sum(r ** 2))
-    err = {n: math.sqrt(num[n] / den[n]) if den[n] > 0 else 0.0 for n in wanted}
-    ranked = []
-    for node in nodes:
-        if node.op_type not in ("Conv", "ConvTranspose", "MatMul", "Gemm") or not node.output:
-            continue
-        out = err.get(node.output[0])
-        if out is None:
-            continue
-        inherited = max((err.get(i, 0.0) for i in node.input), default=0.0)
-        ranked.append((node.name, out - inherited))
-    ranked.sort(key=lambda item: item[1], reverse=True)
-    return ranked
-
-
-__all__ = ["DEFAULT_MAX_DICE_DROP", "EvalSet", "Gate", "GateReport", "ModelRun", "VariantScore", "node_errors"]
+__all__ = ["DEFAULT_MAX_DICE_DROP", "EvalSet", "Gate", "GateReport", "ModelRun", "VariantScore"]

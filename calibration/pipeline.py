@@ -8,8 +8,11 @@ a bug and stops everything), and scores both INT8 files with :class:`~medstream.
 
 1. the other calibration methods (same statistics: no new pass over the data);
 2. the first and last weighted layers in float (the input conv and the classifier conv);
-3. also the layers that add the most error (measured by :func:`~medstream.calibration.gate.node_errors`
-   on the previous attempt), the worst 1, then 2, then 4;
+3. also the layers that hurt most, the worst 1, then 2, then 4. A layer's harm is measured leave-one-out
+   on a few held-out frames: the FP32-vs-INT8 argmax agreement gained by keeping just that layer in
+   float (:meth:`_Run.sensitivity`). Comparing intermediate tensors is cheaper but misleads: a head
+   whose logits share a large offset shows a tiny *relative* error while its argmax is destroyed;
+
 4. twice the calibration frames (a new statistics pass), with the best configuration so far.
 
 Outputs are written only for an attempt that passes: ``M.int8.onnx`` (TensorRT), ``M.int8-cpu.onnx``
@@ -30,7 +33,7 @@ from typing import Any
 from medstream.calibration import quantize as q
 from medstream.calibration.cache import CalibrationCache, default_cache_dir, file_sha256
 from medstream.calibration.data import CalibrationData, default_eval_uri
-from medstream.calibration.gate import DEFAULT_MAX_DICE_DROP, EvalSet, Gate, GateReport, node_errors
+from medstream.calibration.gate import DEFAULT_MAX_DICE_DROP, EvalSet, Gate, GateReport, ModelRun
 from medstream.calibration.stats import DEFAULT_PERCENTILE, METHODS, ActivationStats, collect_statistics
 from medstream.calibration.trt_cache import DEFAULT_TRT_VERSION, write_cache
 from medstream.calibration.validator import validate_model
@@ -113,6 +116,7 @@ class CalibrationResult:
     outputs: dict[str, str] = field(default_factory=dict)
     latency_ms: dict[str, Any] = field(default_factory=dict)
     advice: list[str] = field(default_factory=list)
+    sensitivity: list[dict[str, Any]] | None = None
 
     @property
     def passed(self) -> bool:
@@ -134,6 +138,7 @@ class CalibrationResult:
             "best": best.to_dict() if best and not chosen else None,
             "auto_choice": chosen.label if chosen and self.request.auto and chosen.remedy != "initial" else None,
             "outputs": self.outputs, "latency_ms": self.latency_ms, "advice": self.advice,
+            "layer_sensitivity": self.sensitivity,
         }
 
 
@@ -155,6 +160,7 @@ class _Run:
         self.frames_skipped = 0
         self.counter = 0
         self.gate: Gate | None = None
+        self.sensitivity_report: list[dict[str, Any]] | None = None
 
     # ---- statistics, once per frame count
     def statistics(self, frames: int) -> ActivationStats:
@@ -184,43 +190,81 @@ class _Run:
         self.keys[frames] = key
         return stats
 
-    # ---- one attempt
-    def attempt(self, label: str, remedy: str, method: str, frames: int, exclude: list[str]) -> Attempt:
+    # ---- ranges and files
+    def ranges_json(self, method: str, frames: int) -> tuple[Path, dict[str, tuple[float, float]], int]:
+        """The ranges of ``method`` as ORT's calibration-cache JSON (cached), the ranges, the frames behind them."""
         stats = self.statistics(frames)
         ranges = stats.ranges(method, self.req.percentile)
         key = CalibrationCache.ranges_key(self.keys[frames], method, self.req.percentile)
-        ranges_json = self.cache.ranges_path(key) if self.cache.root else None
-        if ranges_json is None:
-            ranges_json = self.workdir / f"ranges-{key}.json"
-        if not ranges_json.is_file():
-            ranges_json.parent.mkdir(parents=True, exist_ok=True)
-            q.write_ranges(ranges, method, ranges_json)
+        path = self.cache.ranges_path(key) if self.cache.root else None
+        if path is None:
+            path = self.workdir / f"ranges-{key}.json"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            q.write_ranges(ranges, method, path)
+        return path, ranges, stats.frames
+
+    def quantize(self, method: str, frames: int, exclude: list[str], variant: str) -> Path:
+        ranges_json, _, _ = self.ranges_json(method, frames)
         self.counter += 1
-        trt = q.quantize_variant(self.prepared, ranges_json, method, self.workdir / f"a{self.counter}.int8.onnx",
-                                 "tensorrt", exclude)
-        violations = validate_model(trt)
-        if violations and all(v.rule == "no_qdq" for v in violations):
-            raise ConfigError(f"nothing of {self.req.model} is left to quantize with {len(exclude)} layer(s) in float",
-                              "exclude fewer layers (--exclude / --keep-first-last-float)")
-        if violations:
-            raise CalibrationError(
-                f"the TensorRT INT8 file made for {self.req.model} breaks TensorRT's Q/DQ rules: "
-                + "; ".join(str(v) for v in violations[:5]),
-                "this is a medstream bug: please report it with the model; no file was written")
-        cpu = None
-        if self.req.cpu_variant:
-            cpu = q.quantize_variant(self.prepared, ranges_json, method, self.workdir / f"a{self.counter}.int8-cpu.onnx",
-                                     "cpu", exclude)
+        suffix = ".int8.onnx" if variant == "tensorrt" else ".int8-cpu.onnx"
+        path = q.quantize_variant(self.prepared, ranges_json, method, self.workdir / f"a{self.counter}{suffix}",
+                                  variant, exclude)
+        if variant == "tensorrt":
+            violations = validate_model(path)
+            if violations and all(v.rule == "no_qdq" for v in violations):
+                raise ConfigError(f"nothing of {self.req.model} is left to quantize with {len(exclude)} layer(s) in float",
+                                  "exclude fewer layers (--exclude / --keep-first-last-float)")
+            if violations:
+                raise CalibrationError(
+                    f"the TensorRT INT8 file made for {self.req.model} breaks TensorRT's Q/DQ rules: "
+                    + "; ".join(str(v) for v in violations[:5]),
+                    "this is a medstream bug: please report it with the model; no file was written")
+        return path
+
+    # ---- one attempt
+    def attempt(self, label: str, remedy: str, method: str, frames: int, exclude: list[str]) -> Attempt:
+        _, ranges, used = self.ranges_json(method, frames)
+        trt = self.quantize(method, frames, exclude, "tensorrt")
+        cpu = self.quantize(method, frames, exclude, "cpu") if self.req.cpu_variant else None
         assert self.gate is not None
         report = self.gate.new_report()
         report.variants.append(self.gate.score(trt, "int8"))
         if cpu is not None:
             report.variants.append(self.gate.score(cpu, "int8-cpu"))
-        result = Attempt(label=label, remedy=remedy, method=method, frames=stats.frames, exclude=list(exclude),
+        result = Attempt(label=label, remedy=remedy, method=method, frames=used, exclude=list(exclude),
                          gate=report, trt_path=trt, cpu_path=cpu, ranges=ranges)
         log.info("attempt %s: %s (worst Dice drop %.2f points)", label, "pass" if result.passed else "FAIL",
                  report.worst_drop_points)
         return result
+
+    # ---- which layers hurt
+    def sensitivity(self, method: str, frames: int, exclude: list[str], n_frames: int = 4) -> list[dict[str, Any]]:
+        """Weighted layers ranked by the argmax agreement (with FP32) gained by keeping each one in float.
+
+        Leave-one-out on ``n_frames`` held-out frames: one extra quantization and a few inferences
+        per layer, so it runs only when the gate has failed.
+        """
+        assert self.gate is not None
+        subset = EvalSet(uri=self.gate.data.uri, inputs=self.gate.data.inputs[:n_frames],
+                         truths=self.gate.data.truths[:n_frames])
+        ref = ModelRun(self.prepared, self.contract, subset, self.req.threads)
+
+        def harm(path: Path) -> tuple[float, float]:
+            run = ModelRun(path, self.contract, subset, self.req.threads, keep_outputs=False, reference=ref)
+            return 1.0 - run.agree / max(run.pixels, 1), run.sum_abs / max(run.values, 1)
+
+        base = harm(self.quantize(method, frames, exclude, "tensorrt"))
+        layers = [n for n in q.weighted_layers(self.prepared) if n not in exclude]
+        ranked = []
+        for name in layers:
+            try:
+                dis, err = harm(self.quantize(method, frames, [*exclude, name], "tensorrt"))
+            except ConfigError:  # nothing left to quantize without it
+                continue
+            ranked.append({"layer": name, "agreement_gain": base[0] - dis, "logit_error_gain": base[1] - err})
+        ranked.sort(key=lambda r: (r["agreement_gain"], r["logit_error_gain"]), reverse=True)
+        return ranked
 
 
 def _label(method: str, frames: int, exclude: list[str], note: str = "") -> str:
@@ -258,7 +302,7 @@ def calibrate(req: CalibrateRequest, data: CalibrationData | None = None) -> Cal
         raise ConfigError("the accuracy gate needs held-out frames with ground truth, and --data is not synthetic",
                           "pass --eval-data (synthetic://..., or a folder of frames with masks) and --eval-frames")
     req.out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="medstream-calibrate-", dir=req.out.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=".medstream-calibrate-", dir=req.out.parent) as tmp:
         run = _Run(req, contract, Path(tmp), data)
         known = set(q.node_names(run.prepared))
         unknown = [n for n in req.exclude if n not in known]
@@ -282,7 +326,11 @@ def calibrate(req: CalibrateRequest, data: CalibrationData | None = None) -> Cal
             frames_used=(chosen or attempts[0]).frames, frames_skipped=run.frames_skipped, eval_uri=eval_uri,
             eval_frames=eval_set.frames, cache=run.cache_info)
         if chosen is None:
-            result.advice = _advice(req, method)
+            if run.sensitivity_report is None:
+                best = min(attempts, key=lambda a: a.gate.worst_drop_points)
+                run.sensitivity_report = run.sensitivity(best.method, req.frames, best.exclude)[:10]
+            result.sensitivity = run.sensitivity_report
+            result.advice = _advice(req, method, run.sensitivity_report)
         else:
             _write_outputs(run, result, chosen, embedded is not None or req.contract_overrides is not None)
             if req.latency_runs > 0:
@@ -306,21 +354,23 @@ def _auto(run: _Run, attempts: list[Attempt], method: str, first_last: list[str]
                                     "first_last", best.method, req.frames, exclude))
         if attempts[-1].passed:
             return
-    # (3) also the layers that add the most error
+    # (3) also the layers that hurt most, measured leave-one-out
     previous = attempts[-1] if exclude != base else best
-    ranked = [name for name, err in node_errors(run.prepared, previous.trt_path, run.contract.input.name,
-                                                run.gate.data.inputs[:4], threads=req.threads)
-              if name not in exclude and err > 0]
+    exclude = previous.exclude
+    ranked = run.sensitivity(previous.method, req.frames, exclude)
+    run.sensitivity_report = ranked[:10]
+    worst = [r["layer"] for r in ranked if r["agreement_gain"] > 0 or r["logit_error_gain"] > 0]
     tried: set[tuple[str, ...]] = set()
     for k in (1, 2, 4):
-        extra = ranked[:k]
+        extra = worst[:k]
         if not extra or tuple(extra) in tried:
             break
         tried.add(tuple(extra))
         names = list(dict.fromkeys(exclude + extra))
-        attempts.append(run.attempt(_label(previous.method, req.frames, names,
-                                           f"first/last + {len(extra)} worst layer(s) in float: {', '.join(extra)}"),
-                                    "nodes", previous.method, req.frames, names))
+        note = ("first/last + " if previous.remedy == "first_last" else "") + \
+            f"{len(extra)} worst layer(s) in float: {', '.join(extra)}"
+        attempts.append(run.attempt(_label(previous.method, req.frames, names, note), "nodes", previous.method,
+                                    req.frames, names))
         if attempts[-1].passed:
             return
     # (4) more calibration frames, with the best configuration so far
@@ -335,14 +385,16 @@ def _auto(run: _Run, attempts: list[Attempt], method: str, first_last: list[str]
         log.info("--auto: no more calibration frames available than the %d used", best.frames)
 
 
-def _advice(req: CalibrateRequest, method: str) -> list[str]:
+def _advice(req: CalibrateRequest, method: str, sensitivity: list[dict[str, Any]] | None) -> list[str]:
     tips = []
     if not req.auto:
         tips.append("--auto (tries the remedies below in order)")
     tips.append(f"--method {' or '.join(m for m in METHODS if m != method)}")
     if not req.keep_first_last_float:
         tips.append("--keep-first-last-float")
-    tips.append("--exclude NODE for the layers the report's per-layer error names")
+    worst = [r["layer"] for r in (sensitivity or []) if r["agreement_gain"] > 0][:3]
+    tips.append(f"--exclude {' '.join(worst)} (the layers that hurt most)" if worst
+                else "--exclude NODE for layers that should stay float")
     tips.append(f"--frames {req.frames * 2} (or more varied --data)")
     return tips
 

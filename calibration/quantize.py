@@ -142,6 +142,13 @@ def _unshare_parameters(graph: Any) -> bool:
     return changed
 
 
+def weighted_layers(model_path: str | Path) -> list[str]:
+    """Names of the layers with weights (Conv, ConvTranspose, MatMul, Gemm), in graph order."""
+    import onnx
+
+    return [n.name for n in onnx.load(str(model_path), load_external_data=False).graph.node if n.op_type in WEIGHTED_OPS]
+
+
 def node_names(model_path: str | Path) -> list[str]:
     import onnx
 

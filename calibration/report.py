@@ -60,6 +60,9 @@ def format_report(result: dict[str, Any]) -> str:
     chosen = result.get("chosen")
     if chosen is None:
         lines += ["", f"GATE FAILED: no attempt kept every class's Dice drop within {result['max_dice_drop']} points."]
+        if result.get("layer_sensitivity"):
+            lines.append("layers that hurt most (argmax agreement regained when kept in float): " + ", ".join(
+                f"{r['layer']} +{100 * r['agreement_gain']:.2f}%" for r in result["layer_sensitivity"][:5]))
         if result.get("advice"):
             lines.append("try: " + "; ".join(result["advice"]))
         best = result.get("best")

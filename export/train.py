@@ -269,6 +269,9 @@ def seed_everything(seed: int, threads: int) -> None:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
+    # Denormal floats (tiny gradients late in training) are ~100x slower on x86; flushing them to
+    # zero changes no result that matters and keeps step time flat.
+    torch.set_flush_denormal(True)
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
@@ -354,6 +357,8 @@ def train(config: TrainConfig, progress: Callable[[str], None] | None = None) ->
         optimizer.step()
         scheduler.step()
         losses.append(float(loss.detach()))
+        if step % 50 == 0:
+            log.debug("step %d loss %.4f %.1f s", step, losses[-1], time.perf_counter() - t_train)
         if step % config.eval_every == 0 or step == steps:
             dice = validate(model, val_set, float(a), float(b), n_classes)
             fg = [float(d) for d in dice[1:] if np.isfinite(d)]

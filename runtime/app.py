@@ -41,6 +41,12 @@ def load_contract(model_path: Path, overrides: dict[str, Any] | None) -> ModelCo
     if not model_path.is_file():
         raise ModelLoadError(f"model file {model_path} does not exist",
                              "check --model; bundled models: ultrasound, fluoroscopy")
+    if model_path.suffix.lower() in (".engine", ".plan", ".trt"):
+        raise ModelLoadError(
+            f"{model_path} is a TensorRT engine file; medstream runs from the ONNX model and finds or builds "
+            "the engine that matches this GPU and TensorRT version in its engine cache",
+            "pass the ONNX model (--model M.onnx --backend tensorrt); build engines with 'medstream build'",
+        )
     if model_path.stat().st_size == 0:  # an empty file parses as an empty ONNX model: say what it really is
         raise ModelLoadError(f"model file {model_path} is empty (0 bytes)",
                              "the copy or download was interrupted; restore a good copy or re-export it")

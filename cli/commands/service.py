@@ -19,6 +19,8 @@ def add_arguments(p) -> None:
                    help="filesystem root to install under (default /; a directory stages files, systemctl is not run)")
     p.add_argument("--dry-run", action="store_true", help="print what would be done, change nothing")
     p.add_argument("--user", default="medstream", help="user the service runs as (default medstream)")
+    p.add_argument("--jetpack", choices=["auto", "none", "5", "6", "7"], default="auto",
+                   help="Jetson device nodes to allow (default: detect from /etc/nv_tegra_release)")
 
 
 def main(args) -> int:
@@ -26,7 +28,8 @@ def main(args) -> int:
 
     prefix = Path(args.prefix)
     if args.action == "install":
-        return inst.install(prefix, user=args.user, dry_run=args.dry_run)
+        jetpack = None if args.jetpack == "none" else args.jetpack if args.jetpack == "auto" else int(args.jetpack)
+        return inst.install(prefix, user=args.user, dry_run=args.dry_run, jetpack=jetpack)
     if args.action == "uninstall":
         return inst.uninstall(prefix, dry_run=args.dry_run)
     return inst.status(prefix)

@@ -4,6 +4,8 @@ Files (relative to ``prefix``, ``/`` on a real install):
 
 * ``etc/systemd/system/medstream.service`` and ``medstream-clocks.service`` (always replaced, so an
   upgrade brings the new hardening; local changes belong in ``systemctl edit medstream`` drop-ins);
+* on a Jetson, ``etc/systemd/system/medstream.service.d/jetson.conf``: the device nodes of its JetPack
+  (5 or 6; JetPack 7 uses the same /dev/nvidia* nodes as a discrete GPU, already in the unit);
 * ``etc/medstream/medstream.env`` and ``medstream.yaml`` (only when absent: a site's configuration is
   never overwritten).
 
@@ -13,6 +15,7 @@ run, ``systemctl`` present); a ``--prefix DIR`` install just stages the files (p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -27,6 +30,20 @@ from medstream.runtime.errors import ConfigError, MedstreamError
 UNITS = ("medstream.service", "medstream-clocks.service")
 CONFIGS = ("medstream.env", "medstream.yaml")
 DEFAULT_USER = "medstream"
+DROPIN = "etc/systemd/system/medstream.service.d/jetson.conf"
+
+
+def detect_jetpack(release_file: str = "/etc/nv_tegra_release") -> int | None:
+    """JetPack major version from L4T's release file (R35 -> 5, R36 -> 6, R38+ -> 7), None off Jetson."""
+    try:
+        head = Path(release_file).read_text().split(",")[0]
+    except OSError:
+        return None
+    digits = "".join(ch for ch in head.split("R", 1)[-1] if ch.isdigit())[:2]
+    if not digits:
+        return None
+    l4t = int(digits)
+    return 5 if l4t <= 35 else 6 if l4t <= 37 else 7
 
 
 def units_dir() -> Path:
@@ -65,9 +82,11 @@ def _require_root(prefix: Path, dry_run: bool, action: str) -> None:
                           "would do, or --prefix DIR to stage the files elsewhere")
 
 
-def plan(prefix: Path, source: Path | None = None) -> list[Step]:
+def plan(prefix: Path, source: Path | None = None, jetpack: int | None = None) -> list[Step]:
     source = source or units_dir()
     steps = [Step(source / u, prefix / "etc/systemd/system" / u, True) for u in UNITS]
+    if jetpack in (5, 6):
+        steps.append(Step(source / "medstream.service.d" / f"jetpack{jetpack}.conf", prefix / DROPIN, True))
     steps += [Step(source / c, prefix / "etc/medstream" / c, False) for c in CONFIGS]
     return steps
 
@@ -82,11 +101,17 @@ def _run(cmd: list[str], log: Callable[[str], None]) -> int:
     return subprocess.run(cmd, check=False).returncode
 
 
-def install(prefix: Path, user: str = DEFAULT_USER, dry_run: bool = False, log: Callable[[str], None] = print) -> int:
+def install(prefix: Path, user: str = DEFAULT_USER, dry_run: bool = False, log: Callable[[str], None] = print,
+            jetpack: int | str | None = "auto") -> int:
     """Copy units and example configs under ``prefix``; on a real install also create the user,
-    reload systemd and enable the service. Returns 0 on success."""
+    reload systemd and enable the service. ``jetpack``: ``"auto"`` (detect this machine), 5, 6, 7 or
+    None (not a Jetson). Returns 0 on success."""
     _require_root(prefix, dry_run, "install")
-    steps = plan(prefix)
+    if jetpack == "auto":
+        jetpack = detect_jetpack()
+        if jetpack is not None:
+            log(f"Jetson with JetPack {jetpack} detected")
+    steps = plan(prefix, jetpack=int(jetpack) if jetpack is not None else None)
     for step in steps:
         log(("(dry run) " if dry_run else "") + step.describe())
         if dry_run or (step.dest.exists() and not step.replace):
@@ -140,12 +165,14 @@ def uninstall(prefix: Path, dry_run: bool = False, log: Callable[[str], None] = 
     real = _is_real_root(prefix) and not dry_run
     if real and shutil.which("systemctl"):
         _run(["systemctl", "disable", "--now", *UNITS], log)
-    for unit in UNITS:
-        dest = prefix / "etc/systemd/system" / unit
+    for dest in [prefix / "etc/systemd/system" / u for u in UNITS] + [prefix / DROPIN]:
         if dest.exists():
             log(("(dry run) " if dry_run else "") + f"remove  {dest}")
             if not dry_run:
                 dest.unlink()
+                if dest.parent.name.endswith(".service.d"):
+                    with contextlib.suppress(OSError):  # not empty: the admin's own drop-ins stay
+                        dest.parent.rmdir()
     if real and shutil.which("systemctl"):
         _run(["systemctl", "daemon-reload"], log)
     log(f"kept {prefix / 'etc/medstream'} (configuration) and /var/lib/medstream (engine cache)")

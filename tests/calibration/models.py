@@ -39,8 +39,13 @@ def _center(c_out: int, c_in: int, k: int, taps: np.ndarray) -> np.ndarray:
 
 
 def unet_like(size: int = 64, saturating_head: bool = False, layout: str = "NCHW", channels: int = 1,
-              model_id: str = "tiny-unet", opset: int = 17) -> onnx.ModelProto:
-    """The hand-set mini U-Net described in the module docstring (optionally RGB and/or NHWC)."""
+              model_id: str = "tiny-unet", opset: int = 17, saturating_middle: bool = False) -> onnx.ModelProto:
+    """The hand-set mini U-Net described in the module docstring (optionally RGB and/or NHWC).
+
+    ``saturating_middle=True`` moves the trouble inside: ``fuse_conv`` outputs ``1001 g`` and
+    ``1000 g`` and the head reads their difference, so only keeping ``fuse_conv`` *and* the head
+    in float repairs int8 (the first/last-layer remedy alone does not).
+    """
     nodes, inits = [], []
     x = "input"
     if layout == "NHWC":
@@ -58,10 +63,14 @@ def unet_like(size: int = 64, saturating_head: bool = False, layout: str = "NCHW
     nodes += [helper.make_node("MaxPool", ["a"], ["p"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
               helper.make_node("Conv", ["p", "w2", "b2"], ["c2"], name="mid_conv", pads=[1, 1, 1, 1]),
               helper.make_node("Relu", ["c2"], ["m"], name="relu2")]
-    inits += [_init("scales", np.array([1, 1, 2, 2], np.float32)), _init("roi", np.zeros(0))]
+    inits += [_init("scales", np.array([1, 1, 2, 2], np.float32))] + ([_init("roi", np.zeros(0))] if opset < 13 else [])
     nodes += [helper.make_node("Resize", ["m", "roi" if opset < 13 else "", "scales"], ["u"], name="up", mode="nearest"),
               helper.make_node("Concat", ["a", "u"], ["cat"], name="concat", axis=1)]
-    w3 = np.concatenate([0.5 * np.eye(4), 0.5 * np.eye(4)], axis=1)[:, :, None, None]
+    w3 = np.concatenate([0.5 * np.eye(4), 0.5 * np.eye(4)], axis=1)
+    if saturating_middle:
+        w3[1] = 1000.0 * w3[0]
+        w3[0] *= 1001.0
+    w3 = w3[:, :, None, None]
     inits += [_init("w3", w3), _init("b3", np.zeros(4))]
     nodes += [helper.make_node("Conv", ["cat", "w3", "b3"], ["c3"], name="fuse_conv"),
               helper.make_node("Relu", ["c3"], ["f"], name="relu3")]
@@ -70,6 +79,8 @@ def unet_like(size: int = 64, saturating_head: bool = False, layout: str = "NCHW
     head[:, 0] = [0.0, 3.0, 6.0]
     if saturating_head:
         head[:, 0] += 1000.0
+    if saturating_middle:
+        head[:, 1] = -head[:, 0]
     inits += [_init("wh", head[:, :, None, None]), _init("bh", np.array([0.0, -1.0, -3.0]))]
     nodes.append(helper.make_node("Conv", ["f", "wh", "bh"], ["logits"], name="head"))
     shape = [1, channels, size, size] if layout == "NCHW" else [1, size, size, channels]

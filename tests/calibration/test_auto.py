@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import json
 
-from medstream.calibration.gate import node_errors
 from medstream.calibration.quantize import float_nodes, read_quantization
 from medstream.calibration.validator import validate_model
 from medstream.cli.main import main as cli_main
-from medstream.runtime.contract import read_contract
-from medstream.runtime.evaluation import iter_eval_batches
 
 
 def _args(model, calib, evald, out, cache):
@@ -58,18 +55,31 @@ def test_auto_tries_the_other_methods_then_keeps_the_head_in_float(tmp_path, sat
     assert len(list((tmp_path / "cache").glob("ranges-*.json"))) == 3
 
 
-def test_per_layer_error_points_at_the_saturating_head(tmp_path, saturating_model, calib_folder, eval_folder):
-    from medstream.calibration.data import CalibrationData
-    from medstream.calibration.quantize import quantize_variant, write_ranges
-    from medstream.calibration.stats import collect_statistics
+def test_layer_sensitivity_points_at_the_saturating_head(tmp_path, saturating_model, calib_folder, eval_folder):
+    """On failure the report ranks layers by the argmax agreement regained by keeping each in float."""
+    from medstream.calibration.pipeline import calibrate
+    from tests.calibration.conftest import request_for
 
-    contract = read_contract(str(saturating_model))
-    data = CalibrationData([str(calib_folder)], 16, contract)
-    stats = collect_statistics(saturating_model, "input", data.inputs(), progress=False)
-    ranges = write_ranges(stats.ranges("percentile"), "percentile", tmp_path / "ranges.json")
-    int8 = quantize_variant(saturating_model, ranges, "percentile", tmp_path / "sat.int8.onnx", "tensorrt")
-    inputs = [x for x, _ in iter_eval_batches(contract, f"file://{eval_folder}", 4)]
-    ranked = node_errors(saturating_model, int8, "input", inputs)
-    assert [name for name, _ in ranked][0] == "head"
-    assert ranked[0][1] > 10 * max(e for _, e in ranked[1:])
-    assert {name for name, _ in ranked} == {"first_conv", "mid_conv", "fuse_conv", "head"}
+    result = calibrate(request_for(saturating_model, tmp_path / "sat.int8.onnx", calib_folder, eval_folder,
+                                   cpu_variant=False))
+    assert not result.passed
+    ranked = result.sensitivity
+    assert [r["layer"] for r in ranked][0] == "head"
+    assert ranked[0]["agreement_gain"] > 0.3 and all(r["agreement_gain"] <= 0.01 for r in ranked[1:])
+    assert {r["layer"] for r in ranked} == {"first_conv", "mid_conv", "fuse_conv", "head"}
+    assert any("--exclude head" in tip for tip in result.advice)
+
+
+def test_auto_finds_a_bad_middle_layer_when_first_last_is_not_enough(tmp_path, calib_folder, eval_folder, capsys):
+    from tests.calibration.models import save, unet_like
+
+    model = save(unet_like(saturating_middle=True, model_id="tiny-unet-middle"), tmp_path / "mid.onnx")
+    out = tmp_path / "mid.int8.onnx"
+    code = cli_main([*_args(model, calib_folder, eval_folder, out, tmp_path / "cache"), "--auto", "--no-cpu-variant"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    report = json.loads((tmp_path / "mid.int8.report.json").read_text())
+    assert [(a["remedy"], a["passed"]) for a in report["attempts"]] == [
+        ("initial", False), ("method", False), ("method", False), ("first_last", False), ("nodes", True)]
+    assert report["chosen"]["exclude"] == ["first_conv", "head", "fuse_conv"]
+    assert validate_model(out) == [] and not (tmp_path / "mid.int8-cpu.onnx").exists()

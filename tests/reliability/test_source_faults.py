@@ -11,7 +11,14 @@ from medstream.runtime.errors import SourceError
 from medstream.runtime.frame import Frame, now_ns
 from medstream.runtime.pipeline import Pipeline
 from medstream.runtime.sources.base import Source, parse_uri
-from tests.reliability._helpers import Collector, Outcomes, assert_accounting, frame_msg, make_pipeline, run_in_thread
+from tests.reliability._helpers import (
+    Collector,
+    Outcomes,
+    assert_accounting,
+    frame_msg,
+    make_pipeline,
+    run_in_thread,
+)
 
 
 def test_sender_gone_is_reported_within_a_second_and_the_stream_resumes_without_restart(tiny_model, endpoint):
