@@ -42,7 +42,12 @@ import numpy as np
 
 from medstream.runtime.contract import ModelContract
 from medstream.runtime.errors import ConfigError, require
-from medstream.runtime.evaluation import confusion_from_masks, dice_iou_from_confusion, find_image_mask_pairs, load_pair
+from medstream.runtime.evaluation import (
+    confusion_from_masks,
+    dice_iou_from_confusion,
+    find_image_mask_pairs,
+    load_pair,
+)
 
 log = logging.getLogger("medstream.train")
 

@@ -31,6 +31,7 @@ Data
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -149,10 +150,8 @@ def load_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray
         color = "gray" if image.ndim == 2 else ("bgr" if image_path.suffix.lower() != ".npy" else "rgb")
         header = image_path.with_suffix(".json")
         if image.ndim == 3 and header.is_file():
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 color = str(json.loads(header.read_text()).get("color_order", color))
-            except (OSError, ValueError):
-                pass
     if mask.ndim == 3 and mask.shape[2] == 1:
         mask = mask[:, :, 0]
     if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer):

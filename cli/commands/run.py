@@ -70,6 +70,12 @@ def main(args) -> int:
 
     def _stop(signum, _frame):
         log.info("received %s: finishing the current frame and stopping", signal.Signals(signum).name)
+        try:  # tell systemd at once, before the frame in progress finishes (no-op without NOTIFY_SOCKET)
+            from medstream.runtime.service.notify import notify_stopping
+
+            notify_stopping(f"received {signal.Signals(signum).name}")
+        except ImportError:
+            pass
         pipeline.stop()
 
     def _hup(_signum, _frame):

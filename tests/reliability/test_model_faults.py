@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import zmq
 
-from medstream.runtime.errors import ContractError, MedstreamError, ModelLoadError
+from medstream.runtime.errors import ContractError, ModelLoadError
 from tests.fixtures.models import intensity_classifier, save
 from tests.reliability._helpers import Outcomes, make_pipeline, medstream
 
@@ -26,7 +26,7 @@ def _bad_models(tmp_path, tiny_model, tiny_model_no_contract):
         "truncated": (tmp_path / "truncated.onnx", ModelLoadError),
         "corrupt": (tmp_path / "corrupt.onnx", ModelLoadError),
         "empty": (tmp_path / "empty.onnx", ModelLoadError),
-        "engine_from_elsewhere": (tmp_path / "other-device.engine", MedstreamError),
+        "engine_from_elsewhere": (tmp_path / "other-device.engine", ModelLoadError),
         "no_contract": (tiny_model_no_contract, ContractError),
     }
 
@@ -49,6 +49,8 @@ def test_bad_model_file_is_refused_before_any_socket_is_bound(kind, tmp_path, ti
     with pytest.raises(error) as exc:
         make_pipeline(path, endpoint, SOURCE)
     assert str(path) in exc.value.what and exc.value.fix
+    if kind == "engine_from_elsewhere":
+        assert "TensorRT engine" in exc.value.what and "medstream build" in exc.value.fix
     assert _port_is_free(endpoint), "nothing may stay bound after a refused start"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+
 from medstream.runtime.phantom import FluoroscopyPhantom, UltrasoundPhantom, make_phantom
 
 SIZE = 128

@@ -1,0 +1,44 @@
+"""`medstream run` with no model or source arguments: bundled ultrasound model on the synthetic stream,
+and its overlays agree with the phantom's ground truth."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from medstream.runtime.phantom import UltrasoundPhantom
+from medstream.runtime.wire import decode_overlay
+from tests.cli.test_run_e2e import Sub
+from tests.conftest import free_port
+
+
+@pytest.mark.slow
+def test_default_run_overlays_match_the_phantom_truth(bundled_ultrasound, tmp_path):
+    port = free_port()
+    overlays = Sub(f"tcp://127.0.0.1:{port}", b"overlay", decode_overlay)
+    summary = tmp_path / "summary.json"
+    # Only --publish (a free port, so parallel runs do not collide), --max-frames and --summary: the rest is
+    # the built-in default (synthetic://ultrasound?fps=30, bundled model, auto backend -> CPU here).
+    proc = subprocess.run([sys.executable, "-m", "medstream.cli.main", "run", "--publish", f"tcp://127.0.0.1:{port}",
+                           "--max-frames", "60", "--summary", str(summary)], capture_output=True, text=True, timeout=180)
+    overlays.close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ultrasound_unet.onnx" in proc.stderr and "synthetic://ultrasound" in proc.stderr
+    s = json.loads(summary.read_text())
+    assert s["accounting_ok"] and s["counters"]["received"] == 60
+    assert len(overlays.items) >= 20
+    phantom = UltrasoundPhantom(seed=0, fps=30.0)
+    inter = np.zeros(3)
+    total = np.zeros(3)
+    for ov in overlays.items:
+        assert ov.class_names == ("background", "vessel", "needle")
+        truth = phantom.render(ov.seq)[1]
+        for k in (1, 2):
+            inter[k] += np.count_nonzero((ov.mask == k) & (truth == k))
+            total[k] += np.count_nonzero(ov.mask == k) + np.count_nonzero(truth == k)
+    dice = 2 * inter[1:] / np.maximum(total[1:], 1)
+    assert dice.mean() >= 0.8, f"Dice vessel {dice[0]:.3f}, needle {dice[1]:.3f}"
