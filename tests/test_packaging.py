@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+; the check itself needs one version only
-from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ROOTS = {"runtime": "medstream.runtime", "cli": "medstream.cli", "export": "medstream.export",
