@@ -32,13 +32,18 @@ def test_default_run_overlays_match_the_phantom_truth(bundled_ultrasound, tmp_pa
     assert s["accounting_ok"] and s["counters"]["received"] == 60
     assert len(overlays.items) >= 20
     phantom = UltrasoundPhantom(seed=0, fps=30.0)
-    inter = np.zeros(3)
-    total = np.zeros(3)
+    inter, pred, true = np.zeros(3), np.zeros(3), np.zeros(3)
     for ov in overlays.items:
         assert ov.class_names == ("background", "vessel", "needle")
         truth = phantom.render(ov.seq)[1]
         for k in (1, 2):
             inter[k] += np.count_nonzero((ov.mask == k) & (truth == k))
-            total[k] += np.count_nonzero(ov.mask == k) + np.count_nonzero(truth == k)
-    dice = 2 * inter[1:] / np.maximum(total[1:], 1)
-    assert dice.mean() >= 0.8, f"Dice vessel {dice[0]:.3f}, needle {dice[1]:.3f}"
+            pred[k] += np.count_nonzero(ov.mask == k)
+            true[k] += np.count_nonzero(truth == k)
+    assert true[1] > 0, "the phantom always shows a vessel"
+    for k, name in ((1, "vessel"), (2, "needle")):
+        if true[k]:  # Dice where the class is in the picture
+            dice = 2 * inter[k] / (pred[k] + true[k])
+            assert dice >= 0.8, f"{name} Dice {dice:.3f}"
+        else:  # the needle may be withdrawn in these two seconds: then almost no pixel may claim it
+            assert pred[k] / (len(overlays.items) * 256 * 256) < 1e-3, f"{name} false positives: {pred[k]:.0f} px"
