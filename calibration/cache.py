@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from medstream.calibration._files import publish
 from medstream.calibration.stats import STATS_FORMAT, ActivationStats
 
 log = logging.getLogger("medstream.calibration")
@@ -91,7 +92,7 @@ class CalibrationCache:
             os.close(fd)
             try:
                 stats.save(Path(tmp))
-                os.replace(tmp, path)
+                publish(tmp, path)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise

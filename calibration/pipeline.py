@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from medstream.calibration import quantize as q
+from medstream.calibration._files import publish
 from medstream.calibration.cache import CalibrationCache, default_cache_dir, file_sha256
 from medstream.calibration.data import CalibrationData, default_eval_uri
 from medstream.calibration.gate import DEFAULT_MAX_DICE_DROP, EvalSet, Gate, GateReport, ModelRun
@@ -422,18 +423,15 @@ def _write_outputs(run: _Run, result: CalibrationResult, chosen: Attempt, contra
 
 
 def _latency(run: _Run, chosen: Attempt, eval_set: EvalSet) -> dict[str, Any]:
-    from medstream.calibration.report import measure_latency
+    from medstream.calibration.report import measure_latencies
 
     req = run.req
-    x = eval_set.inputs[0]
-    name = run.contract.input.name
-    kw = {"runs": req.latency_runs, "threads": req.latency_threads}
-    lat: dict[str, Any] = {"threads": req.latency_threads, "runs": req.latency_runs,
-                           "fp32": measure_latency(run.prepared, name, x, **kw),
-                           "int8": measure_latency(chosen.trt_path, name, x, **kw)}
+    models: dict[str, Path] = {"fp32": run.prepared, "int8": chosen.trt_path}
     if chosen.cpu_path is not None:
-        lat["int8_cpu"] = measure_latency(chosen.cpu_path, name, x, **kw)
-    return lat
+        models["int8_cpu"] = chosen.cpu_path
+    lat: dict[str, Any] = measure_latencies(models, run.contract.input.name, eval_set.inputs[0],
+                                            runs=req.latency_runs, threads=req.latency_threads)
+    return {"threads": req.latency_threads, "runs": req.latency_runs, **lat}
 
 
 def _write_report(req: CalibrateRequest, result: CalibrationResult) -> None:
@@ -443,7 +441,7 @@ def _write_report(req: CalibrateRequest, result: CalibrationResult) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(data)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -1,8 +1,8 @@
 """What ``medstream calibrate`` prints and stores: the verdict, the numbers behind it, and latency.
 
-:func:`measure_latency` times a model with ONNX Runtime on CPU exactly as the runtime creates its
+:func:`measure_latencies` times models with ONNX Runtime on CPU exactly as the runtime creates its
 sessions (:func:`medstream.runtime.backends.onnxruntime_backend.make_session`), median of ``runs``
-calls after a warm-up, so INT8 and FP32 are compared on equal terms.
+interleaved calls after a warm-up, so INT8 and FP32 are compared on equal terms.
 """
 
 from __future__ import annotations
@@ -15,21 +15,33 @@ from typing import Any
 import numpy as np
 
 
-def measure_latency(model_path: str | Path, input_name: str, x: np.ndarray, runs: int = 50, threads: int = 2,
-                    warmup: int = 5) -> float:
-    """Median wall time of one ``session.run`` in milliseconds (ONNX Runtime CPU, ``threads`` intra-op threads)."""
+def measure_latencies(models: dict[str, str | Path], input_name: str, x: np.ndarray, runs: int = 50,
+                      threads: int = 2, warmup: int = 5) -> dict[str, float]:
+    """Median wall time (ms) of one ``session.run`` per model, ONNX Runtime CPU with ``threads`` threads.
+
+    Runs are interleaved (model A, B, C, A, B, C...), so load from other processes on a shared
+    machine falls on every model alike and the ratios stay fair even when absolute times drift.
+    """
     from medstream.runtime.backends.onnxruntime_backend import make_session
 
-    session = make_session(str(model_path), ["CPUExecutionProvider"], threads)
+    sessions = {k: make_session(str(p), ["CPUExecutionProvider"], threads) for k, p in models.items()}
     feed = {input_name: x}
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = []
+    for session in sessions.values():
+        for _ in range(warmup):
+            session.run(None, feed)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
     for _ in range(max(1, runs)):
-        t0 = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return float(statistics.median(times))
+        for k, session in sessions.items():
+            t0 = time.perf_counter()
+            session.run(None, feed)
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: float(statistics.median(v)) for k, v in times.items()}
+
+
+def measure_latency(model_path: str | Path, input_name: str, x: np.ndarray, runs: int = 50, threads: int = 2,
+                    warmup: int = 5) -> float:
+    """Median wall time (ms) of one ``session.run`` of one model (see :func:`measure_latencies`)."""
+    return measure_latencies({"m": model_path}, input_name, x, runs, threads, warmup)["m"]
 
 
 def _f(v: float | None, spec: str = "6.4f") -> str:
@@ -83,7 +95,8 @@ def format_report(result: dict[str, Any]) -> str:
         for key, label in (("int8", "INT8 S8S8 (TensorRT file)"), ("int8_cpu", "INT8 U8S8 (CPU file)")):
             if lat.get(key) is not None:
                 parts.append(f"{label} {lat[key]:.1f} ms ({lat[key] / fp:.2f}x)")
-        lines += ["", f"CPU latency  ({lat['threads']} threads, median of {lat['runs']}): " + ", ".join(parts)]
+        lines += ["", f"CPU latency  ({lat['threads']} threads, median of {lat['runs']} interleaved runs): "
+                  + ", ".join(parts)]
     lines += ["", "gate         PASSED" if result["passed"] else "gate         FAILED"]
     if result.get("outputs"):
         lines.append("written      " + "\n             ".join(result["outputs"].values()))
@@ -110,4 +123,4 @@ def _gate_table(gate: dict[str, Any]) -> list[str]:
     return lines
 
 
-__all__ = ["format_report", "measure_latency"]
+__all__ = ["format_report", "measure_latencies", "measure_latency"]

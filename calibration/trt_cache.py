@@ -29,6 +29,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from medstream.calibration._files import publish
 from medstream.runtime.errors import ConfigError
 
 DEFAULT_TRT_VERSION = "8.6.1"
@@ -85,7 +86,7 @@ def write_cache(path: str | Path, amax: Mapping[str, float], version: str = DEFA
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

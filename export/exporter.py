@@ -462,11 +462,16 @@ def export_model(model: Any, out_path: str | Path, spec: ExportSpec,
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    n, c, h, w = spec.geometry()
+    spec.geometry()  # validates shape and layout before anything runs
     model.eval()
     if torch_parameters is None and hasattr(model, "parameters"):
         torch_parameters = int(sum(p.numel() for p in model.parameters() if p.requires_grad)) or None
-    example = torch.randn(*spec.input_shape, generator=torch.Generator().manual_seed(0))
+    in_dtype = (spec.contract.get("input") or {}).get("dtype", "float32")
+    gen = torch.Generator().manual_seed(0)
+    if in_dtype == "uint8":
+        example = torch.randint(0, 256, tuple(spec.input_shape), generator=gen, dtype=torch.uint8)
+    else:
+        example = torch.randn(*spec.input_shape, generator=gen).to(torch.float16 if in_dtype == "float16" else torch.float32)
     with torch.inference_mode():
         example_out = _flatten_outputs(model(example))
     output_shapes = [tuple(t.shape) for t in example_out]
@@ -486,10 +491,12 @@ def export_model(model: Any, out_path: str | Path, spec: ExportSpec,
         if spec.dynamic_spatial:
             axes_in.update({2: "height", 3: "width"} if spec.layout == "NCHW" else {1: "height", 2: "width"})
         dynamic_axes[spec.input_name] = axes_in
+        given = {o["name"]: o for o in (spec.outputs or spec.contract.get("outputs") or []) if "name" in o}
         for name, shape in zip(output_names, output_shapes, strict=True):
             axes: dict[int, str] = {0: "batch"} if spec.dynamic_batch and len(shape) >= 1 else {}
             if spec.dynamic_spatial and len(shape) == 4:
-                axes.update({2: f"{name}_height", 3: f"{name}_width"})
+                nhwc = given.get(name, {}).get("layout") == "NHWC"
+                axes.update({1: f"{name}_height", 2: f"{name}_width"} if nhwc else {2: f"{name}_height", 3: f"{name}_width"})
             if axes:
                 dynamic_axes[name] = axes
     tmp = out_path.with_name(f".{out_path.name}.tmp")

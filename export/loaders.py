@@ -18,6 +18,7 @@ import importlib
 import importlib.util
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,9 @@ def load_torch_model(spec: str, weights: str | Path | None = None, model_kwargs:
         if not path.is_file():
             raise ModelLoadError(f"model file {path} does not exist", "check --model")
         try:
-            module = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():  # TorchScript is deprecated upstream, but users still have such files
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(str(path), map_location="cpu")
         except Exception:  # noqa: BLE001
             raise ModelLoadError(
                 f"{path} is not a TorchScript archive",

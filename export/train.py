@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -312,6 +313,7 @@ def train(config: TrainConfig, progress: Callable[[str], None] | None = None) ->
     from medstream.export.unet import UNet, count_parameters
 
     say = progress or log.info
+    load_at_start = [round(x, 2) for x in os.getloadavg()]  # other work on the machine explains slow runs
     seed_everything(config.seed, config.threads)
     rng = np.random.default_rng(config.seed)
     names, colors = config.resolved_classes()
@@ -388,8 +390,9 @@ def train(config: TrainConfig, progress: Callable[[str], None] | None = None) ->
                        "training_steps": steps, "validation_data": val_set.description},
     }
     env = {"torch": torch.__version__, "numpy": np.__version__, "opencv": cv2.__version__,
-           "python": platform.python_version(), "machine": platform.machine(), "processor": platform.processor(),
-           "threads": config.threads}
+           "python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+           "threads": config.threads, "load_average_at_start": load_at_start,
+           "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
     return TrainResult(asdict(config) | {"steps": steps}, model, contract_fields, history, train_seconds, steps,
                        params, train_set.description, env)
 

@@ -7,11 +7,8 @@ is bound or thread started, so a bad configuration is refused with nothing left 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +16,7 @@ from medstream.runtime.backends import choose_backend, load_backend
 from medstream.runtime.config import RunConfig, SecurityConfig
 from medstream.runtime.contract import ModelContract, read_contract, resolve_contract
 from medstream.runtime.errors import ConfigError, ContractError, MedstreamError, ModelLoadError
+from medstream.runtime.files import sha256_file, write_json_atomic
 from medstream.runtime.observers import PipelineObserver
 from medstream.runtime.pipeline import Pipeline
 from medstream.runtime.publisher import Publisher
@@ -58,14 +56,6 @@ def load_contract(model_path: Path, overrides: dict[str, Any] | None) -> ModelCo
         raise ModelLoadError(f"model file {model_path} cannot be read as ONNX: {str(exc)[:200]}",
                              "the file is corrupt or truncated; re-export it or restore a good copy") from None
     return resolve_contract(embedded, overrides, str(model_path))
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def config_hash(cfg: RunConfig) -> str:
@@ -152,20 +142,6 @@ def build_pipeline(cfg: RunConfig, observers: list[PipelineObserver] | None = No
                         telemetry=telemetry)
     pipeline.security = security
     return pipeline
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON via a temporary file and rename, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 __all__ = ["build_pipeline", "load_contract", "resolve_model_path", "write_json_atomic", "MedstreamError"]

@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 
 from medstream.runtime.contract import ModelContract, read_contract, resolve_contract
-from medstream.runtime.errors import ConfigError, ContractError, SourceEnded
+from medstream.runtime.errors import ConfigError, ContractError, ModelLoadError, SourceEnded
 from medstream.runtime.postprocess import Postprocessor
 from medstream.runtime.preprocess import Preprocessor
 from medstream.runtime.sources.base import parse_uri
@@ -405,6 +405,20 @@ class _Accumulator:
         return out
 
 
+def read_model_contract(path: str | Path) -> ModelContract | None:
+    """The contract embedded in the ONNX file at ``path`` (``None`` when it has none), or a clear error."""
+    file = Path(path)
+    if not file.is_file():
+        raise ModelLoadError(f"model file {file} does not exist", "check --model; bundled models: ultrasound, fluoroscopy")
+    try:
+        return read_contract(file)
+    except ContractError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError and friends
+        raise ModelLoadError(f"model file {file} cannot be read as ONNX: {str(exc)[:200]}",
+                             "the file is corrupt, truncated or not ONNX; re-export it or restore a good copy") from None
+
+
 def evaluate_model(model_path: str | Path, data_uri: str, frames: int, backend: str = "onnxruntime",
                    contract_overrides: dict[str, Any] | None = None, batch: int = 1,
                    roi: tuple[int, int, int, int] | None = None, **backend_options: Any) -> EvaluationReport:
@@ -430,8 +444,7 @@ def evaluate_model(model_path: str | Path, data_uri: str, frames: int, backend: 
     from medstream.runtime.backends import load_backend
 
     path = str(model_path)
-    embedded = read_contract(path) if path.endswith(".onnx") else None
-    contract = resolve_contract(embedded, contract_overrides, path)
+    contract = resolve_contract(read_model_contract(path), contract_overrides, path)
     if contract.task != "segmentation":
         raise ContractError(f"model {path} is a {contract.task} model; evaluate scores segmentation models only",
                             "evaluate a segmentation model, or score this one with your own tool")
@@ -480,5 +493,6 @@ def evaluate_model(model_path: str | Path, data_uri: str, frames: int, backend: 
 
 __all__ = [
     "ClassScores", "EvaluationReport", "confusion_from_masks", "dice_iou_from_confusion", "evaluate_model",
-    "file_sha256", "find_image_mask_pairs", "iter_eval_batches", "iter_frames_with_truth", "load_pair", "truth_at",
+    "file_sha256", "find_image_mask_pairs", "iter_eval_batches", "iter_frames_with_truth", "load_pair",
+    "read_model_contract", "truth_at",
 ]

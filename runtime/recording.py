@@ -42,6 +42,16 @@ NAME_DIGITS = 8
 TRUTH_SUFFIX = ".truth.npy"
 
 
+def _default_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+#: mkstemp makes 0600 files; recorded frames get the mode a plain open() would give (read once at import)
+_FILE_MODE = _default_mode()
+
+
 class RecordingError(MedstreamError):
     """The recording could not continue (disk full, folder not writable)."""
 
@@ -135,6 +145,7 @@ class FrameWriter:
                 write(f)
                 f.flush()
                 self.bytes_written += f.tell()
+            os.chmod(tmp, _FILE_MODE)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -71,9 +71,8 @@ def _thresholds(items: list[str]) -> dict[str, float]:
 
 
 def main(args) -> int:
-    from medstream.runtime.contract import read_contract
     from medstream.runtime.errors import ConfigError
-    from medstream.runtime.evaluation import evaluate_model
+    from medstream.runtime.evaluation import evaluate_model, read_model_contract
     from medstream.runtime.models import bundled_model_path
 
     model = bundled_model_path(args.model)
@@ -81,7 +80,7 @@ def main(args) -> int:
     thresholds = _thresholds(args.min_dice)
     data = args.data
     if data is None:
-        embedded = read_contract(model) if model.suffix == ".onnx" else None
+        embedded = read_model_contract(model)
         modality = (overrides or {}).get("modality") or (embedded.modality if embedded else None)
         if modality not in ("ultrasound", "fluoroscopy"):
             raise ConfigError(f"no --data given and model {model} is not for a phantom modality",

@@ -102,7 +102,7 @@ class ProgressLog:
         with self._lock:
             depth = self._phases[parent_phase]["depth"] + 1 if parent_phase in self._phases else 0
             self._phases[phase_name] = {"steps": int(num_steps), "depth": depth, "t0": time.monotonic(),
-                                        "last": 0.0}
+                                        "last": float("-inf")}  # the first step is always logged
             if depth <= 1:
                 self._emit(f"{'  ' * depth}{phase_name}: started ({num_steps} steps)")
 

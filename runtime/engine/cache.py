@@ -26,6 +26,7 @@ from typing import Any
 
 from medstream.runtime.contract import ModelContract
 from medstream.runtime.errors import ModelLoadError
+from medstream.runtime.files import sha256_file
 
 MANIFEST_FORMAT = 1
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -37,14 +38,6 @@ def default_cache_dir() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "medstream" / "engines"
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

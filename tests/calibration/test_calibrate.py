@@ -156,3 +156,15 @@ def test_input_is_int8_quantized_not_uint8(calibrated):
     q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
     zp = next(i for i in model.graph.initializer if i.name == q.input[2])
     assert zp.data_type == TensorProto.INT8
+
+
+def test_outputs_get_ordinary_file_permissions(calibrated):
+    """Atomic writes go through mkstemp (0600); the outputs must not stay unreadable to the service user."""
+    import os
+    import stat
+
+    from medstream.calibration._files import DEFAULT_MODE
+
+    result, _ = calibrated
+    for path in result.outputs.values():
+        assert stat.S_IMODE(os.stat(path).st_mode) == DEFAULT_MODE, path

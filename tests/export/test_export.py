@@ -151,6 +151,7 @@ def test_planted_divergence_is_refused_and_nothing_is_written(tmp_path):
     assert (tmp_path / "m.rejected.onnx").is_file() and "m.rejected.onnx" in text
 
 
+@pytest.mark.slow
 def test_prove_export_passes_the_true_file_and_catches_a_tampered_copy(tmp_path):
     model = small_unet(seed=1)
     out = tmp_path / "m.onnx"
@@ -196,6 +197,7 @@ def test_contract_fields_contradicting_the_export_are_refused(tmp_path):
         export_model(small_unet(), tmp_path / "c.onnx", ExportSpec(input_shape=(1, 1, 64, 64)))
 
 
+@pytest.mark.slow
 def test_reference_unet_exports_to_plain_tensorrt_friendly_ops(tmp_path):
     result = export_model(UNet(1, 3).eval(), tmp_path / "u.onnx",
                           ExportSpec(input_shape=(1, 1, 256, 256), contract=dict(CLASSES3), proof_random=1, proof_frames=1))

@@ -26,6 +26,7 @@ def tiny(**kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_and_log():
     a, b = train(tiny(), progress=lambda s: None), train(tiny(), progress=lambda s: None)
     for (name, ta), tb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
@@ -54,6 +55,7 @@ def test_training_input_equals_the_runtime_preprocessor():
     assert x.shape == (3, 1, 32, 32) and x.dtype == np.float32 and y.shape == (3, 32, 32) and y.dtype == np.int64
 
 
+@pytest.mark.slow
 def test_train_cli_on_a_user_folder_then_reexport_the_weights(tmp_path, capsys):
     data = tmp_path / "frames"
     (data / "images").mkdir(parents=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -91,6 +93,9 @@ def test_record_writes_frames_headers_and_truth_and_counts_malformed(tmp_path):
     seqs = [json.loads((out / f"{i:08d}.json").read_text())["seq"] for i in range(12)]
     assert seqs == sorted(seqs) and summary.first_seq == seqs[0] and summary.last_seq == seqs[-1]
     assert not list(out.glob(".*"))  # no temp file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o666 & ~umask}  # not mkstemp's 0600
 
 
 def test_recorded_folder_replays_through_file_source(tmp_path):
