@@ -61,7 +61,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             # A command whose module is missing is not offered (should not happen in a release).
             log.debug("command %s unavailable: %s", name, exc)
             continue
-        p = sub.add_parser(name, help=module.HELP, description=(module.__doc__ or module.HELP))
+        p = sub.add_parser(name, help=module.HELP, description=(module.__doc__ or module.HELP),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # keep examples' line breaks
         module.add_arguments(p)
         p.set_defaults(_module=module)
     return parser

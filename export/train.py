@@ -13,8 +13,8 @@ Design choices, and why
   torch version a run is bit-for-bit repeatable on the same machine. ``--minutes`` only *chooses* a
   step count from the measured speed of the first steps, and the log records it.
 * **Crops first, full frames last.** Most steps use random 128x128 crops (4x cheaper than full
-  frames, and centred on foreground half the time so thin needles and wires are seen often); the
-  last steps use full 256x256 frames so BatchNorm statistics and border context match inference.
+  frames, centred on a foreground class 60 % of the time so thin needles and wires are seen often);
+  the last steps use full 256x256 frames so BatchNorm statistics and border context match inference.
 * **Loss: cross-entropy + soft Dice.** Needles and wires cover under 1 % of the pixels; cross-entropy
   alone learns to ignore them, the Dice term weights each class by its own size.
 * **Light augmentation**: horizontal flips (and vertical for fluoroscopy, which has no up/down
