@@ -29,7 +29,9 @@ def add_arguments(p) -> None:
     p.add_argument("--data", required=True, action="append", metavar="SRC",
                    help="calibration frames: synthetic://..., a folder of images/.npy (e.g. from medstream record), "
                         "a video file; repeat to mix sources")
-    p.add_argument("--out", default=None, help="INT8 file to write (default: MODEL.int8.onnx beside the model)")
+    p.add_argument("--out", default=None,
+                   help="INT8 file to write (default: MODEL.int8.onnx beside the model file; for a bundled model "
+                        "name, in the current folder)")
     p.add_argument("--method", choices=METHODS, default=None, help=f"calibration method (default {DEFAULT_METHOD})")
     p.add_argument("--frames", type=int, default=200, help="calibration frames (default 200)")
     p.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE,
@@ -61,8 +63,10 @@ def main(args) -> int:
     from medstream.runtime.models import bundled_model_path
 
     model = Path(bundled_model_path(args.model))
-    out = Path(args.out) if args.out else model.with_name(
-        (model.name[:-5] if model.name.endswith(".onnx") else model.name) + ".int8.onnx")
+    stem = model.name[:-5] if model.name.endswith(".onnx") else model.name
+    # a bundled name resolves into the installed package: do not write there unless asked to
+    beside = Path(args.model).is_file()
+    out = Path(args.out) if args.out else (model.with_name(f"{stem}.int8.onnx") if beside else Path(f"{stem}.int8.onnx"))
     req = CalibrateRequest(
         model=model, data=list(args.data), out=out, method=args.method, frames=args.frames,
         max_dice_drop=args.max_dice_drop, eval_data=args.eval_data, eval_frames=args.eval_frames, auto=args.auto,

@@ -7,6 +7,7 @@ IO binding and device-side pre/postprocessing lives in :mod:`medstream.runtime.b
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ import numpy as np
 from medstream.runtime.backends.base import Backend
 from medstream.runtime.contract import ModelContract
 from medstream.runtime.errors import BackendError, ContractError, ModelLoadError
+
+log = logging.getLogger("medstream.backends.onnxruntime")
 
 
 def default_threads() -> int:
@@ -106,6 +109,7 @@ class OnnxRuntimeBackend(Backend):
             available = ort.get_available_providers()
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in available \
                 else ["CPUExecutionProvider"]
+        self.model_path = self._cpu_twin(providers)
         self.session = make_session(self.model_path, providers, self._threads)
         check_session_against_contract(self.session, self.contract, self.model_path)
         used = self.session.get_providers()
@@ -114,6 +118,20 @@ class OnnxRuntimeBackend(Backend):
         self._output_names = [o.name for o in self.session.get_outputs()]
         if self._reuse and self.device == "cpu":
             self._bind_outputs()
+
+    def _cpu_twin(self, providers: list[Any]) -> str:
+        """On the CPU, run ``M.int8-cpu.onnx`` (U8S8) in place of ``M.int8.onnx`` (TensorRT's S8S8) when
+        calibration wrote it: same calibration, same accuracy gate, about 1.6x faster here."""
+        from medstream.runtime.models import int8_cpu_variant
+
+        first = providers[0] if providers else "CPUExecutionProvider"
+        first = first[0] if isinstance(first, tuple) else first
+        twin = int8_cpu_variant(self.model_path)
+        if first == "CPUExecutionProvider" and self.model_path.endswith(".int8.onnx") and twin.is_file():
+            log.info("CPU run: using %s, the U8S8 twin of %s (faster on CPU, same accuracy gate)", twin.name,
+                     Path(self.model_path).name)
+            return str(twin)
+        return self.model_path
 
     def _bind_outputs(self) -> None:
         """Preallocate every output once and let ONNX Runtime write into it (IO binding).

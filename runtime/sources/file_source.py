@@ -51,6 +51,7 @@ from medstream.runtime.wire import WireError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 ARRAY_SUFFIX = ".npy"
+TRUTH_SUFFIX = ".truth.npy"
 #: Same rules as the wire format, so a replayed frame can always be re-published.
 _COLOR_ORDERS = ("gray", "bgr", "rgb", "bgra", "rgba")
 _SOURCE_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
@@ -106,8 +107,11 @@ class FileSource(Source):
         self.items: list[Path] = []
         if self.path.is_dir():
             self.mode = "folder"
+            # NNNNNNNN.truth.npy (ground truth written by `medstream record`) is not a frame: it rides
+            # along with its frame as Frame.truth.
             self.items = sorted(p for p in self.path.iterdir()
-                                if p.is_file() and p.suffix.lower() in (*IMAGE_SUFFIXES, ARRAY_SUFFIX))
+                                if p.is_file() and p.suffix.lower() in (*IMAGE_SUFFIXES, ARRAY_SUFFIX)
+                                and not p.name.endswith(TRUTH_SUFFIX))
             if not self.items:
                 raise ConfigError(f"folder {str(self.path)!r} holds no .png/.jpg/.bmp/.tif images or .npy frames",
                                   f"give {_ACCEPTED}")
@@ -184,8 +188,21 @@ class FileSource(Source):
             self._pos = (self._pos + 1) % len(self.items) if self.loop else self._pos + 1
             self._index += 1  # a file that fails to decode still uses its time slot and its seq
             image, color, sid = self._load(item)
+        truth = self._truth(item) if self.mode != "video" else None
         return Frame(seq=seq, t_capture_ns=now_ns(), image=image, source_id=self._explicit_id or sid or self.source_id,
-                     color_order=_color_for(image, color), t_receive_ns=time.perf_counter_ns())
+                     color_order=_color_for(image, color), t_receive_ns=time.perf_counter_ns(), truth=truth)
+
+    @staticmethod
+    def _truth(item: Path) -> np.ndarray | None:
+        """The ground-truth mask recorded beside a frame (``NNNNNNNN.truth.npy``), if any."""
+        path = item.with_name(item.stem + TRUTH_SUFFIX)
+        if item.suffix.lower() != ARRAY_SUFFIX or not path.is_file():
+            return None
+        try:
+            truth = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None  # a broken mask must not cost the frame: the runtime never needs it
+        return truth if isinstance(truth, np.ndarray) and truth.ndim == 2 else None
 
     def _next_video_frame(self) -> np.ndarray:
         assert self._cap is not None

@@ -92,3 +92,14 @@ def test_reused_output_buffers_give_the_same_results(tiny_model):
     second = reusing.infer({"input": x * 0})["logits"]
     assert first is second  # one buffer, written in place
     np.testing.assert_allclose(reusing.infer({"input": x})["logits"], fresh, rtol=1e-6)
+
+
+def test_cpu_backend_takes_the_u8s8_twin_of_an_int8_model(tiny_model, tmp_path):
+    import shutil
+
+    c = read_contract(tiny_model)
+    int8 = tmp_path / "m.int8.onnx"
+    shutil.copy(tiny_model, int8)
+    assert OnnxRuntimeBackend(str(int8), c).activate().model_path == str(int8)  # no twin: the file itself
+    shutil.copy(tiny_model, tmp_path / "m.int8-cpu.onnx")
+    assert OnnxRuntimeBackend(str(int8), c).activate().model_path == str(tmp_path / "m.int8-cpu.onnx")

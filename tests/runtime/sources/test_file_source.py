@@ -197,3 +197,19 @@ def test_missing_empty_and_undecodable_paths_are_config_errors(tmp_path):
         open_source(f"file://{DATA}?fps=-1")
     with pytest.raises(ConfigError, match="color"):
         open_source(f"file://{DATA}?color=cmyk")
+
+
+def test_recorded_truth_masks_ride_along_and_are_not_frames(tmp_path):
+    import numpy as np
+
+    from medstream.runtime.sources import open_source
+
+    for i in range(3):
+        np.save(tmp_path / f"{i:08d}.npy", np.full((8, 8), i, np.uint8))
+        np.save(tmp_path / f"{i:08d}.truth.npy", np.full((8, 8), i % 2, np.uint8))
+    src = open_source(f"file://{tmp_path}?fps=0")
+    src.open()
+    frames = [src.read(1.0) for _ in range(3)]
+    assert len(src.items) == 3
+    assert [int(f.image[0, 0]) for f in frames] == [0, 1, 2]
+    assert [int(f.truth[0, 0]) for f in frames] == [0, 1, 0]
