@@ -25,8 +25,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from medstream.calibration._files import publish
 from medstream.calibration.stats import STATS_FORMAT, ActivationStats
+from medstream.runtime.files import publish
+from medstream.runtime.files import sha256_file as file_sha256
 
 log = logging.getLogger("medstream.calibration")
 
@@ -37,14 +38,6 @@ def default_cache_dir() -> Path:
         return Path(os.environ["MEDSTREAM_CACHE_DIR"]).expanduser() / "calib"
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base).expanduser() / "medstream" / "calib"
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _key(parts: dict[str, Any]) -> str:

@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medstream.calibration import quantize as q
-from medstream.calibration._files import publish
 from medstream.calibration.cache import CalibrationCache, default_cache_dir, file_sha256
 from medstream.calibration.data import CalibrationData, default_eval_uri
 from medstream.calibration.gate import DEFAULT_MAX_DICE_DROP, EvalSet, Gate, GateReport, ModelRun
@@ -40,6 +38,7 @@ from medstream.calibration.trt_cache import DEFAULT_TRT_VERSION, write_cache
 from medstream.calibration.validator import validate_model
 from medstream.runtime.contract import ModelContract, read_contract, resolve_contract
 from medstream.runtime.errors import ConfigError, MedstreamError
+from medstream.runtime.files import write_text_atomic
 
 log = logging.getLogger("medstream.calibration")
 
@@ -436,15 +435,7 @@ def _latency(run: _Run, chosen: Attempt, eval_set: EvalSet) -> dict[str, Any]:
 
 def _write_report(req: CalibrateRequest, result: CalibrationResult) -> None:
     path = q.sibling_path(req.out, ".int8.report.json")
-    data = json.dumps(result.to_dict(), indent=2)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(data)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(result.to_dict(), indent=2))
     result.outputs.setdefault("report", str(path))
 
 

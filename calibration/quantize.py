@@ -40,9 +40,9 @@ from typing import Any
 
 import numpy as np
 
-from medstream.calibration._files import publish
 from medstream.runtime.contract import ModelContract, write_contract
 from medstream.runtime.errors import ModelLoadError
+from medstream.runtime.files import publish
 from medstream.runtime.models import int8_cpu_variant
 
 log = logging.getLogger("medstream.calibration")

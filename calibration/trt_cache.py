@@ -22,15 +22,13 @@ TensorRT's own calibration. The file is plain text (see docs/CALIBRATION.md)::
 
 from __future__ import annotations
 
-import os
 import re
 import struct
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from medstream.calibration._files import publish
 from medstream.runtime.errors import ConfigError
+from medstream.runtime.files import write_text_atomic
 
 DEFAULT_TRT_VERSION = "8.6.1"
 DEFAULT_ALGORITHM = "EntropyCalibration2"
@@ -81,15 +79,7 @@ def write_cache(path: str | Path, amax: Mapping[str, float], version: str = DEFA
                 algorithm: str = DEFAULT_ALGORITHM) -> Path:
     """Write the cache atomically (temp file + rename) and return its path."""
     path = Path(path)
-    text = format_cache(amax, version, algorithm)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, format_cache(amax, version, algorithm))
     return path
 
 

@@ -13,7 +13,6 @@ arithmetic and is left out; FLOPs are about 2 x MACs.
 from __future__ import annotations
 
 import copy
-import hashlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from medstream.runtime.contract import ModelContract, contract_from_metadata
+from medstream.runtime.files import sha256_file as file_sha256
 
 
 @dataclass
@@ -91,14 +91,6 @@ class ModelCard:
             ]
         lines += [f"  note        {n}" for n in self.notes]
         return "\n".join(lines)
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _dtype_name(elem_type: int) -> str:

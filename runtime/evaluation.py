@@ -32,7 +32,6 @@ Data
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 from collections.abc import Iterator
@@ -45,6 +44,7 @@ import numpy as np
 
 from medstream.runtime.contract import ModelContract, read_contract, resolve_contract
 from medstream.runtime.errors import ConfigError, ContractError, ModelLoadError, SourceEnded
+from medstream.runtime.files import sha256_file as file_sha256
 from medstream.runtime.postprocess import Postprocessor
 from medstream.runtime.preprocess import Preprocessor
 from medstream.runtime.sources.base import parse_uri
@@ -350,14 +350,6 @@ class EvaluationReport:
         ]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _nan_to_none(x: float) -> float | None:

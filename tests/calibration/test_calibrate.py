@@ -163,7 +163,7 @@ def test_outputs_get_ordinary_file_permissions(calibrated):
     import os
     import stat
 
-    from medstream.calibration._files import DEFAULT_MODE
+    from medstream.runtime.files import DEFAULT_MODE
 
     result, _ = calibrated
     for path in result.outputs.values():

@@ -53,3 +53,16 @@ def test_preloaded_synthetic_source_cycles_rendered_frames_with_fresh_seq():
     assert [f.seq for f in frames] == list(range(7))
     assert frames[0].image is frames[3].image and frames[1].image is not frames[0].image
     assert all(b.t_capture_ns >= a.t_capture_ns for a, b in zip(frames, frames[1:], strict=False))
+
+
+def test_atomic_json_writes_are_readable_by_others(tmp_path):
+    import json
+    import os
+    import stat
+
+    from medstream.runtime.files import DEFAULT_MODE, write_json_atomic
+
+    path = write_json_atomic(tmp_path / "sub" / "summary.json", {"a": 1})
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert stat.S_IMODE(os.stat(path).st_mode) == DEFAULT_MODE
+    assert [p.name for p in path.parent.iterdir()] == ["summary.json"]  # no temporary file left behind
