@@ -308,6 +308,17 @@ def validate(model: Any, frames: FrameSet, a: float, b: float, n_classes: int, b
 
 
 def train(config: TrainConfig, progress: Callable[[str], None] | None = None) -> TrainResult:
+    """Train a U-Net per ``config`` (see :func:`_train`); restores the process-wide float state after."""
+    torch = require("torch", "train", "training")
+    try:
+        return _train(config, progress)
+    finally:
+        # seed_everything flushes denormals to zero for speed; that is process-wide CPU state which
+        # would otherwise leak into whatever runs next in this process (numpy, hypothesis, users' code).
+        torch.set_flush_denormal(False)
+
+
+def _train(config: TrainConfig, progress: Callable[[str], None] | None = None) -> TrainResult:
     """Train a U-Net as ``config`` says; returns the model (eval mode) and the training log."""
     torch = require("torch", "train", "training")
     from medstream.export.unet import UNet, count_parameters

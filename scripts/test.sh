@@ -14,7 +14,10 @@ python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0
 python -m pip install -q -e '.[dev,train,calibrate]'
 # The TensorRT lean runtime (real bindings, no GPU needed to import) for the TensorRT contract test.
-python -m pip install -q tensorrt-lean-cu13 || echo "note: tensorrt-lean-cu13 unavailable; the TensorRT contract test will skip"
+# The TensorRT lean runtime and NVIDIA's cuda-python (real bindings; both import without a GPU) for the
+# contract tests that check every TensorRT and CUDA call the GPU backends make.
+python -m pip install -q tensorrt-lean-cu13 cuda-python \
+  || echo "note: tensorrt-lean-cu13 / cuda-python unavailable; their contract tests will skip"
 # systemd-analyze, for the unit-file check (Debian package 'systemd'), when we may install it.
 if ! command -v systemd-analyze >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null) \

@@ -42,8 +42,10 @@ def test_planted_delay_shows_in_its_stage_in_process(tiny_model, tmp_path):
     planted = pipeline(_settings(tiny_model, tmp_path / "b", inject_delay_ms={"postprocess": DELAY}))
     d_post = planted["stages_ms"]["postprocess"]["p50"] - base["stages_ms"]["postprocess"]["p50"]
     d_total = planted["latency_ms"]["p50"] - base["latency_ms"]["p50"]
-    assert DELAY - 2 < d_post < DELAY + 10
-    assert DELAY - 2 < d_total < DELAY + 15
+    # A planted sleep can only lengthen its stage; the differences allow for a loaded machine (CI).
+    assert planted["stages_ms"]["postprocess"]["p50"] >= DELAY
+    assert DELAY / 2 < d_post < DELAY + 10
+    assert DELAY / 2 < d_total < DELAY + 15
     d_infer = planted["stages_ms"]["infer"]["p50"] - base["stages_ms"]["infer"]["p50"]
     assert abs(d_infer) < 5, "the delay must show in the stage it was planted in, not elsewhere"
     assert planted["accounting"]["exact"]
@@ -56,8 +58,9 @@ def test_planted_delay_shows_in_its_stage_and_in_glass(tiny_model, tmp_path):
     planted = stream(_settings(tiny_model, tmp_path, inject_delay_ms={"infer": DELAY}), "glass_planted", 25.0)
     d_infer = planted["stages_ms"]["infer"]["p50"] - base["stages_ms"]["infer"]["p50"]
     d_glass = planted["latency_ms"]["p50"] - base["latency_ms"]["p50"]
-    assert DELAY - 2 < d_infer < DELAY + 10
-    assert DELAY - 2 < d_glass < DELAY + 15
+    assert planted["stages_ms"]["infer"]["p50"] >= DELAY
+    assert DELAY / 2 < d_infer < DELAY + 10
+    assert DELAY / 2 < d_glass < DELAY + 15
     # compute (the backend's own time) does not include a sleep planted before it
     assert planted["stages_ms"]["compute"]["p50"] < 5
     for r in (base, planted):
