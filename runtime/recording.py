@@ -25,7 +25,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ import numpy as np
 
 from medstream.runtime.errors import ConfigError, MedstreamError, SourceError
 from medstream.runtime.frame import Frame
+from medstream.runtime.security import apply_curve_client
 from medstream.runtime.wire import DEFAULT_LIMITS, FRAME_TOPIC, WireError, WireLimits, decode_frame
 
 log = logging.getLogger("medstream.record")
@@ -167,7 +168,7 @@ def prepare_out_dir(out_dir: str | Path) -> Path:
 
 def record(endpoint: str, frames: int, out_dir: str | Path, timeout_s: float = 10.0,
            limits: WireLimits = DEFAULT_LIMITS, on_frame: Callable[[int], None] | None = None,
-           stop: Callable[[], bool] | None = None) -> RecordingSummary:
+           stop: Callable[[], bool] | None = None, curve: Mapping[str, Any] | None = None) -> RecordingSummary:
     """Subscribe to ``endpoint`` and write ``frames`` frames into ``out_dir``.
 
     Parameters
@@ -198,6 +199,7 @@ def record(endpoint: str, frames: int, out_dir: str | Path, timeout_s: float = 1
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVHWM, 1000)  # recording keeps every frame it can; no conflation
     sock.setsockopt(zmq.SUBSCRIBE, FRAME_TOPIC)
+    apply_curve_client(sock, curve)
     t0 = time.monotonic()
     try:
         sock.connect(endpoint)

@@ -12,11 +12,14 @@ from __future__ import annotations
 import logging
 import signal
 
+from medstream.cli.commands._curve import add_client_curve_arguments, client_curve_from_args
+
 HELP = "save frames from a live ZeroMQ stream to a folder (for calibrate/evaluate)"
 log = logging.getLogger("medstream.record")
 
 
 def add_arguments(p) -> None:
+    add_client_curve_arguments(p)
     p.add_argument("--connect", required=True, metavar="ENDPOINT",
                    help="publisher endpoint, e.g. tcp://127.0.0.1:5555 (zmq+tcp:// also accepted)")
     p.add_argument("--frames", type=int, required=True, metavar="N", help="how many frames to save")
@@ -34,7 +37,7 @@ def main(args) -> int:
     stop = {"flag": False}
     signal.signal(signal.SIGINT, lambda *_: stop.__setitem__("flag", True))
     with tqdm(total=args.frames, desc="recording", unit="frame", disable=args.no_progress, leave=False) as bar:
-        summary = record(args.connect, args.frames, args.out, timeout_s=args.timeout,
+        summary = record(args.connect, args.frames, args.out, curve=client_curve_from_args(args), timeout_s=args.timeout,
                          on_frame=lambda n: bar.update(1), stop=lambda: stop["flag"])
     malformed = ", ".join(f"{k}={v}" for k, v in sorted(summary.malformed.items())) or "none"
     print(f"recorded {summary.frames} frames ({summary.with_truth} with ground truth) from {summary.endpoint} "

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import sys
 
+from medstream.cli.commands._curve import add_client_curve_arguments, client_curve_from_args
+
 HELP = "live summary of a running pipeline from its status topic; exit code = health (0 ok, 2 absent, 3 source, 4 stopped)"
 
 
 def add_arguments(p) -> None:
+    add_client_curve_arguments(p)
     p.add_argument("--connect", default="tcp://127.0.0.1:5556",
                    help="the pipeline's publish endpoint (default tcp://127.0.0.1:5556)")
     p.add_argument("--timeout", type=float, default=3.0,
@@ -40,5 +43,5 @@ def main(args) -> int:
         print(text, flush=True)
 
     clear = sys.stdout.isatty() and not args.once
-    return watch(args.connect, timeout_s=args.timeout, stale_s=args.stale_s, once=args.once, emit=emit,
+    return watch(args.connect, curve=client_curve_from_args(args), timeout_s=args.timeout, stale_s=args.stale_s, once=args.once, emit=emit,
                  json_lines=args.json, clear=clear)

@@ -12,6 +12,8 @@ import os
 import time
 from pathlib import Path
 
+from medstream.cli.commands._curve import add_client_curve_arguments, client_curve_from_args
+
 HELP = "show or save overlays received over ZeroMQ"
 log = logging.getLogger("medstream.view")
 
@@ -23,6 +25,7 @@ def add_arguments(p) -> None:
     p.add_argument("--count", type=int, default=None, help="stop after N overlays")
     p.add_argument("--timeout", type=float, default=10.0, help="give up after S seconds without an overlay")
     p.add_argument("--fps", type=float, default=30.0, help="frame rate of the saved video")
+    add_client_curve_arguments(p)
 
 
 def main(args) -> int:
@@ -32,6 +35,7 @@ def main(args) -> int:
     from medstream.runtime.errors import ConfigError
     from medstream.runtime.frame import now_ns
     from medstream.runtime.render import draw_overlay
+    from medstream.runtime.security import apply_curve_client
     from medstream.runtime.wire import OVERLAY_TOPIC, WireError, decode_frame, decode_overlay
 
     show = args.save is None
@@ -43,6 +47,7 @@ def main(args) -> int:
     sub.setsockopt(zmq.SUBSCRIBE, OVERLAY_TOPIC)
     sub.setsockopt(zmq.RCVHWM, 4)
     sub.setsockopt(zmq.LINGER, 0)
+    apply_curve_client(sub, client_curve_from_args(args))
     sub.connect(args.connect)
     fsub = None
     frames: dict[int, object] = {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import zmq
@@ -44,10 +45,13 @@ def assess(status: dict[str, Any], stale_s: float = 3.0, now_ns: int | None = No
 class StatusWatcher:
     """A SUB socket on the ``status`` topic; :meth:`next` returns the newest status or ``None``."""
 
-    def __init__(self, endpoint: str, context: zmq.Context | None = None) -> None:
+    def __init__(self, endpoint: str, context: zmq.Context | None = None, curve: Mapping[str, Any] | None = None) -> None:
+        from medstream.runtime.security import apply_curve_client
+
         self.endpoint = endpoint
         self._ctx = context or zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.SUB)
+        apply_curve_client(self.sock, curve)
         self.sock.setsockopt(zmq.SUBSCRIBE, STATUS_TOPIC)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVHWM, 100)
@@ -145,13 +149,13 @@ def as_json(status: dict[str, Any], health: tuple[int, str]) -> str:
 
 
 def watch(endpoint: str, timeout_s: float = 3.0, stale_s: float = 3.0, once: bool = False, emit=print,
-          json_lines: bool = False, clear: bool = False) -> int:
+          json_lines: bool = False, clear: bool = False, curve: Mapping[str, Any] | None = None) -> int:
     """The loop behind ``medstream status``: returns the exit code (see the module docstring).
 
     ``once``: the verdict of the first fresh status (or 2 after ``timeout_s``). Otherwise: keep
     printing until the pipeline stops (4) or no fresh status arrives for ``timeout_s`` (2).
     """
-    watcher = StatusWatcher(endpoint)
+    watcher = StatusWatcher(endpoint, curve=curve)
     try:
         deadline = time.monotonic() + timeout_s
         last: tuple[int, str] | None = None

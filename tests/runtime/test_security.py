@@ -259,3 +259,33 @@ def test_keys_cli_and_simulate_as_a_curve_server(keys, tmp_path):
     finally:
         sim.terminate()
         sim.wait(10)
+
+
+def test_status_command_speaks_curve_and_a_plain_one_hears_nothing(keys, tiny_model, endpoint):
+    """`medstream status` (a real subprocess) with the allowed key sees the live pipeline; without keys it
+    hears nothing and reports the pipeline absent (exit 2)."""
+    import subprocess
+    import sys
+
+    cfg = load_config(None, {
+        "source": "synthetic://ultrasound?fps=20&width=64&height=64", "model": str(tiny_model), "publish": endpoint,
+        "backend": "onnxruntime", "threads": 1,
+        "security": {"curve": True, "server_secret_key": str(keys["server"][1]),
+                     "allowed_clients_dir": str(keys["allowed_dir"])}})
+    pipe = build_pipeline(cfg)
+    t = threading.Thread(target=lambda: pipe.run(duration_s=12), daemon=True)
+    t.start()
+    try:
+        def status(*extra):
+            return subprocess.run([sys.executable, "-m", "medstream.cli.main", "status", "--connect", endpoint, "--once",
+                                   "--timeout", "4", *extra], capture_output=True, text=True, timeout=60)
+
+        allowed = status("--curve-client-secret", str(keys["client"][1]), "--curve-server-key", str(keys["server"][0]))
+        plain = status()
+    finally:
+        pipe.stop()
+        t.join(10)
+        pipe.publisher.close()
+        pipe.security.close()
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    assert plain.returncode == 2
