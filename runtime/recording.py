@@ -23,6 +23,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -127,7 +128,7 @@ class FrameWriter:
         except OSError as exc:
             for p in done:
                 p.unlink(missing_ok=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT) or self._disk_nearly_full(frame):
                 raise RecordingError(
                     f"disk full while writing {image_path.name} in {self.out_dir} "
                     f"({self.index} complete frames are on disk; the incomplete one was removed)",
@@ -138,6 +139,19 @@ class FrameWriter:
                                  "check that the --out folder is writable") from None
         self.index += 1
         return image_path
+
+    def _disk_nearly_full(self, frame: Frame) -> bool:
+        """True when the folder's filesystem has no room for another frame.
+
+        numpy reports a short write on a full disk as a bare ``OSError`` ("N requested and M
+        written") without ``errno``, so the free space itself is the evidence.
+        """
+        try:
+            free = shutil.disk_usage(self.out_dir).free
+        except OSError:
+            return False
+        needed = frame.image.nbytes + (frame.truth.nbytes if frame.truth is not None else 0) + 4096
+        return free < needed
 
     def _atomic(self, path: Path, write: Callable[[Any], Any]) -> Path:
         fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=f".{path.name}.", suffix=".tmp")

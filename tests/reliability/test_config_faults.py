@@ -90,9 +90,6 @@ def test_disk_full_while_recording_real_tmpfs_stops_cleanly(full_disk_recording)
     assert 0 < complete_frames < 500  # and no half-written frame or temporary file (checked in the fixture)
 
 
-@pytest.mark.xfail(strict=True, reason="runtime/recording.py: numpy's short write on a full tmpfs raises OSError "
-                   "without errno ('4096 requested and 3968 written'), so the message says 'not writable' instead of "
-                   "'disk full' (reported to the lead)")
 def test_disk_full_message_names_the_cause(full_disk_recording):
     _, err, _ = full_disk_recording
     assert "disk full" in err
