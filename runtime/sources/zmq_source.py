@@ -266,6 +266,12 @@ class ZmqSource(Source):
         return None if self._opened_at is None or not self.is_open else time.perf_counter() - self._opened_at
 
     @property
+    def peer_count(self) -> int:
+        """Peers with a completed handshake, as last seen by :meth:`read` (safe to read from any thread:
+        unlike :attr:`connected` it does not touch the socket, which belongs to the reading thread)."""
+        return self._peers
+
+    @property
     def connected(self) -> bool:
         """Whether at least one peer has completed the ZMTP handshake and not disconnected since.
 

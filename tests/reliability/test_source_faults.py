@@ -42,7 +42,11 @@ def test_sender_gone_is_reported_within_a_second_and_the_stream_resumes_without_
     pub = ctx.socket(zmq.PUB)  # a new sender on the same address
     pub.linger = 0
     pub.bind(f"tcp://127.0.0.1:{port}")
-    time.sleep(0.5)  # ZeroMQ reconnects (100 ms .. 2 s backoff) and resubscribes
+    # ZeroMQ reconnects by itself (100 ms .. 2 s backoff): wait for the handshake, then for the subscription.
+    deadline = time.monotonic() + 10
+    while pipe.source.peer_count == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
     for i in range(10, 20):
         pub.send_multipart(frame_msg(i))
         time.sleep(0.05)
