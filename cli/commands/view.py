@@ -78,8 +78,12 @@ def main(args) -> int:
                     pass
             if sub not in events:
                 if time.monotonic() - last > args.timeout:
-                    log.error("no overlay from %s for %.0f s; is 'medstream run' publishing there?", args.connect, args.timeout)
-                    return 1 if shown == 0 else 0
+                    if shown == 0:
+                        log.error("no overlay from %s for %.0f s; is 'medstream run' publishing there?",
+                                  args.connect, args.timeout)
+                        return 1
+                    log.info("no overlay for %.0f s after %d: the stream has ended", args.timeout, shown)
+                    break
                 continue
             try:
                 overlay = decode_overlay(sub.recv_multipart())
