@@ -21,8 +21,9 @@ def add_arguments(p) -> None:
     add_client_curve_arguments(p)
     p.add_argument("--connect", default="tcp://127.0.0.1:5556",
                    help="the pipeline's publish endpoint (default tcp://127.0.0.1:5556)")
-    p.add_argument("--timeout", type=float, default=3.0,
-                   help="seconds without a fresh status before giving up with exit code 2 (default 3)")
+    p.add_argument("--timeout", type=float, default=2.5,
+                   help="seconds without a fresh status before giving up with exit code 2 (default 2.5: status comes "
+                        "at least once a second, so a stopped pipeline is reported within 3 s)")
     p.add_argument("--stale-s", type=float, default=3.0,
                    help="a status older than this (by its timestamp) counts as stale (default 3; raise it for clock skew)")
     p.add_argument("--once", action="store_true", help="one verdict and exit (health check)")

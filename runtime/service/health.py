@@ -148,7 +148,7 @@ def as_json(status: dict[str, Any], health: tuple[int, str]) -> str:
     return json.dumps({**status, "health": {"code": health[0], "reason": health[1]}}, default=str)
 
 
-def watch(endpoint: str, timeout_s: float = 3.0, stale_s: float = 3.0, once: bool = False, emit=print,
+def watch(endpoint: str, timeout_s: float = 2.5, stale_s: float = 3.0, once: bool = False, emit=print,
           json_lines: bool = False, clear: bool = False, curve: Mapping[str, Any] | None = None) -> int:
     """The loop behind ``medstream status``: returns the exit code (see the module docstring).
 

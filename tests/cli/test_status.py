@@ -52,7 +52,7 @@ def test_live_then_nonzero_within_3_s_of_stopping(tiny_model, sig, expected):
         assert st["health"]["code"] == 0 and st["source_state"] == "live" and st["fps_in"] > 0
         assert st["device_telemetry"]["memory"]["total_bytes"] > 0  # telemetry rides on the status topic
 
-        monitor = subprocess.Popen([*MEDSTREAM, "status", "--connect", endpoint, "--timeout", "3"],
+        monitor = subprocess.Popen([*MEDSTREAM, "status", "--connect", endpoint],  # default --timeout 2.5
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
         first = monitor.stdout.readline()  # the live summary has started
         assert "[OK]" in first, first + monitor.stderr.read()
@@ -62,7 +62,7 @@ def test_live_then_nonzero_within_3_s_of_stopping(tiny_model, sig, expected):
         rc = monitor.wait(timeout=10)
         elapsed = time.monotonic() - t_stop
         assert rc == expected, monitor.stdout.read()
-        assert elapsed <= 3.3, f"took {elapsed:.2f} s to notice"  # 3 s, plus scheduling slack on a busy CI box
+        assert elapsed <= 3.0, f"took {elapsed:.2f} s to notice"  # the bound: within 3 s of the stop
     finally:
         for p in (run, monitor):
             if p is not None and p.poll() is None:
