@@ -122,7 +122,9 @@ def test_reader_thread_delivers_frames_then_reports_lost_device(clip):
     with src:
         frame = src.read(2.0)
         assert frame is not None and frame.image.shape == (24, 32, 3) and frame.color_order == "bgr"
-        time.sleep(0.3)  # the thread reads the rest; the one-slot holder keeps only the newest
+        deadline = time.monotonic() + 10  # the thread reads the rest; the one-slot holder keeps only the newest
+        while src.frames_captured < 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
         newest = src.read(1.0)
         assert newest is not None and newest.seq == 9 and newest.seq > frame.seq + 1
         assert src.frames_replaced > 0
