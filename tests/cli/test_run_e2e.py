@@ -13,7 +13,7 @@ from pathlib import Path
 
 import zmq
 
-from medstream.runtime.wire import decode_frame, decode_overlay
+from medstream.runtime.wire import decode_frame, decode_overlay, decode_status
 from tests.conftest import free_port
 
 MEDSTREAM = [sys.executable, "-m", "medstream.cli.main"]
@@ -25,10 +25,15 @@ def _spawn(args: list[str], **kw) -> subprocess.Popen:
 
 
 class Sub(threading.Thread):
-    def __init__(self, endpoint: str, topic: bytes, decode) -> None:
+    """Collects decoded messages of ``topic``; ``statuses`` gets status messages when ``with_status``."""
+
+    def __init__(self, endpoint: str, topic: bytes, decode, with_status: bool = False) -> None:
         super().__init__(daemon=True)
         self.sock = zmq.Context.instance().socket(zmq.SUB)
         self.sock.setsockopt(zmq.SUBSCRIBE, topic)
+        self.statuses = []
+        if with_status:
+            self.sock.setsockopt(zmq.SUBSCRIBE, b"status")
         self.sock.setsockopt(zmq.RCVHWM, 100_000)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(endpoint)
@@ -40,7 +45,11 @@ class Sub(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             if self.sock.poll(50):
-                self.items.append(self.decode(self.sock.recv_multipart()))
+                parts = self.sock.recv_multipart()
+                if parts[0] == b"status":
+                    self.statuses.append(decode_status(parts))
+                else:
+                    self.items.append(self.decode(parts))
 
     def close(self) -> None:
         self.stop.set()
@@ -51,11 +60,16 @@ class Sub(threading.Thread):
 def test_three_processes_600_frames_exact_accounting(tiny_model, tmp_path):
     frames_port, overlay_port = free_port(), free_port()
     summary_path = tmp_path / "summary.json"
-    overlays = Sub(f"tcp://127.0.0.1:{overlay_port}", b"overlay", decode_overlay)
+    overlays = Sub(f"tcp://127.0.0.1:{overlay_port}", b"overlay", decode_overlay, with_status=True)
     frames = Sub(f"tcp://127.0.0.1:{frames_port}", b"frame", decode_frame)
     run = _spawn(["run", "--source", f"zmq+tcp://127.0.0.1:{frames_port}", "--model", str(tiny_model),
                   "--publish", f"tcp://127.0.0.1:{overlay_port}", "--max-frames", "600", "--threads", "1",
                   "--summary", str(summary_path)])
+    # Frames flow only once our overlay subscriber is known to be connected (it has heard a status),
+    # so no overlay can be lost to ZeroMQ's slow-joiner window.
+    deadline = time.monotonic() + 60
+    while not overlays.statuses and time.monotonic() < deadline:
+        time.sleep(0.05)
     # Two subscribers on the frame stream: medstream run and this test (to learn each frame's capture time).
     sim = _spawn(["simulate", "--publish", f"tcp://127.0.0.1:{frames_port}", "--frames", "600", "--rate", "150",
                   "--truth", "--wait-subscribers", "2", "--wait-timeout", "60"])
