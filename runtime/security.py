@@ -206,8 +206,7 @@ class _ZapRegistry:
             key = id(context)
             auth = self._auth.get(key)
             if auth is None:
-                auth = ThreadAuthenticator(context, log=logging.getLogger("medstream.security.zap"))
-                auth.start()
+                auth = _start_authenticator(context, ThreadAuthenticator)
                 self._auth[key] = auth
                 self._domains[key] = set()
             # Authenticator.certs maps domain -> {public key: True}; configure_curve would read a directory.
@@ -225,6 +224,25 @@ class _ZapRegistry:
             if not self._domains[key]:
                 auth.stop()
                 del self._auth[key], self._domains[key]
+
+
+def _start_authenticator(context: Any, factory: Any) -> Any:
+    """Start a ZAP handler, retrying briefly while a just-stopped one still holds the ZAP endpoint
+    (``inproc://zeromq.zap.01`` is released asynchronously when a handler stops)."""
+    import time
+
+    import zmq
+
+    for attempt in range(50):
+        auth = factory(context, log=logging.getLogger("medstream.security.zap"))
+        try:
+            auth.start()
+            return auth
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EADDRINUSE or attempt == 49:
+                raise
+            time.sleep(0.02)
+    raise AssertionError("unreachable")
 
 
 _ZAP = _ZapRegistry()
