@@ -254,13 +254,20 @@ def stream(s: Settings, name: str, rate: float, *, engine: str = "medstream", n_
                 "--log-level", "WARNING", "simulate", "--kind", s.sim_kind, "--rate", f"{rate:.4f}",
                 "--publish", lane["sim_ep"], "--frames", str(frames), "--width", str(w), "--height", str(h),
                 "--wait-subscribers", "1", "--wait-timeout", "90",
+                # The phantom's clock stays at its clinical rate whatever the send rate (fluoroscopy's
+                # phantom accepts only pulse rates), so every rate replays the same scene.
+                "--motion-fps", str(30.0 if s.sim_kind == "ultrasound" else 15.0),
                 # Pre-rendered frames: the simulator must not take CPU from the model under test.
                 "--preload", "300"))
         deadline = time.monotonic() + s.duration_s + 120  # model load + the stream itself
         for lane in lanes:
-            if lane["sim"].wait(max(1.0, deadline - time.monotonic())) is None:
+            code = lane["sim"].wait(max(1.0, deadline - time.monotonic()))
+            if code is None:
                 raise harness.HarnessError(f"simulator {lane['sim'].name} did not finish {frames} frames in time; "
                                            f"logs in {out}")
+            if code != 0:
+                raise harness.HarnessError(f"simulator {lane['sim'].name} failed (exit code {code}); its log "
+                                           f"{lane['sim'].log_path}:\n{lane['sim'].log_tail()}")
         # Drain: the subscriber exits 2 s after its last overlay; the naive loop may have a backlog.
         drain_deadline = time.monotonic() + (s.drain_timeout_s if engine == "medstream"
                                              else s.drain_timeout_s + s.duration_s * s.overload_factor)

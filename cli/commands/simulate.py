@@ -18,6 +18,9 @@ log = logging.getLogger("medstream.simulate")
 def add_arguments(p) -> None:
     p.add_argument("--kind", choices=["ultrasound", "fluoroscopy"], default="ultrasound")
     p.add_argument("--rate", type=float, default=None, help="frames per second (default 30 ultrasound, 15 fluoroscopy)")
+    p.add_argument("--motion-fps", type=float, default=None,
+                   help="frame rate the phantom's motion is rendered for (default: --rate); fluoroscopy takes 7.5, 15 "
+                        "or 30. Set it to send faster or slower than the scene's clock, as benchmarks do")
     p.add_argument("--publish", default="tcp://127.0.0.1:5555", help="endpoint to bind (default tcp://127.0.0.1:5555)")
     p.add_argument("--frames", type=int, default=None, help="stop after N frames (default: run until stopped)")
     p.add_argument("--truth", action="store_true", help="attach the ground-truth mask to each frame")
@@ -53,6 +56,8 @@ def main(args) -> int:
         uri += f"&frames={args.frames}"
     if args.preload:
         uri += f"&preload={args.preload}"
+    if args.motion_fps is not None:
+        uri += f"&motion_fps={args.motion_fps}"
     source = open_source(uri, source_id=args.source_id or f"sim-{args.kind}")
     security = None
     if args.curve_secret or args.curve_allow:

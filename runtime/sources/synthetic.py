@@ -3,7 +3,9 @@
 Query parameters: ``width``, ``height`` (default 256), ``fps`` (30 for ultrasound, 15 for fluoroscopy;
 ``0`` means as fast as the consumer reads), ``seed`` (0), ``frames`` (unbounded unless given),
 ``probe`` (``convex``/``linear``, ultrasound), ``truth`` (attach the ground-truth mask, default on),
-``start`` (first frame index, default 0), ``id`` (source id), ``preload`` (render this many frames once
+``start`` (first frame index, default 0), ``id`` (source id), ``motion_fps`` (the frame rate the
+phantom's motion is rendered for, default ``fps``: lets a benchmark send frames faster or slower than
+the scene's clock, e.g. fluoroscopy, whose phantom only accepts the pulse rates 7.5, 15 and 30), ``preload`` (render this many frames once
 and cycle through them: the simulator then costs almost no CPU, which matters when it shares a
 2-core machine with the model under test; ``seq`` and capture times stay fresh and increasing).
 """
@@ -39,6 +41,9 @@ class SyntheticSource(Source):
         self.start = uri.param("start", 0, int)
         self.with_truth = uri.param("truth", True, bool)
         self.preload = uri.param("preload", 0, int)
+        self.motion_fps = uri.param("motion_fps", 0.0, float)
+        if self.motion_fps < 0:
+            raise ConfigError(f"source {uri.raw!r}: motion_fps must be >= 0", "leave it out to use fps")
         if self.preload < 0:
             raise ConfigError(f"source {uri.raw!r}: preload must be >= 0", "use preload=0 (off) or a frame count")
         self._cache: dict[int, tuple] = {}
@@ -53,7 +58,7 @@ class SyntheticSource(Source):
         from medstream.runtime.phantom import make_phantom
 
         try:
-            fps = self.fps if self.fps > 0 else _DEFAULT_FPS[self.kind]
+            fps = self.motion_fps or self.fps or _DEFAULT_FPS[self.kind]
             self._phantom = make_phantom(self.kind, fps=fps, **self._phantom_kwargs)
         except ValueError as exc:
             raise ConfigError(f"source {self.uri.raw!r}: {exc}", "fix the source URI's parameters") from None
