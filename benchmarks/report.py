@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA = "medstream.bench/1"
-ORDER = ("floor", "pipeline", "glass", "overload", "naive", "naive_overload", "streams")
+ORDER = ("floor", "transport", "pipeline", "glass", "overload", "naive", "naive_overload", "streams")
 STAGE_COLUMNS = ("ingress", "queue", "preprocess", "infer", "compute", "postprocess", "wire_out", "total")
 
 # Targets from issue 6 (shown on a quiet machine with the ultrasound reference model).
@@ -167,6 +167,36 @@ def evaluate_targets(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def glass_gap(scenarios: dict[str, Any]) -> dict[str, Any] | None:
+    """Where ``glass p50 - floor p50`` goes, from measured figures only.
+
+    ``transport``: the same three processes with a relay that does no work (two ZeroMQ hops, the wire
+    format, the wake-ups): what no runtime on this host avoids. ``runtime work``: the p50s of the
+    stages medstream adds (queue, preprocess, postprocess). ``inference in the stream``: glass's
+    ``infer`` p50 minus the floor's p50 (cold caches and sleeping threads after the idle time between
+    frames, other processes on the same cores). p50s do not add exactly; the rest is ``unexplained``.
+    """
+    fl = _get(scenarios, "floor", "latency_ms") or {}
+    gl = scenarios.get("glass") or {}
+    if not fl.get("p50") or not (gl.get("latency_ms") or {}).get("p50"):
+        return None
+    st = gl.get("stages_ms") or {}
+
+    def p50(stage: str) -> float:
+        return float((st.get(stage) or {}).get("p50") or 0.0)
+
+    gap = gl["latency_ms"]["p50"] - fl["p50"]
+    tr = _get(scenarios, "transport", "latency_ms", "p50")
+    parts = {
+        "transport (two hops, no work)": tr,
+        "runtime work (queue + preprocess + postprocess)": p50("queue") + p50("preprocess") + p50("postprocess"),
+        "inference in the stream - floor": p50("infer") - fl["p50"] if st.get("infer") else None,
+    }
+    known = sum(v for v in parts.values() if v is not None)
+    return {"gap_p50_ms": round(gap, 3), "parts_ms": {k: None if v is None else round(v, 3) for k, v in parts.items()},
+            "unexplained_ms": round(gap - known, 3)}
+
+
 def naive_ratios(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
     """naive / medstream for p50 and p99, under capacity and in overload."""
     rows = []
@@ -193,6 +223,7 @@ def build_report(scenarios: dict[str, Any], *, model: str, model_path: str, sett
         "scenarios": scenarios,
         "targets": evaluate_targets(scenarios),
         "naive_vs_medstream": naive_ratios(scenarios),
+        "glass_gap": glass_gap(scenarios),
     }
 
 
@@ -265,6 +296,23 @@ def markdown(report: dict[str, Any], plots_prefix: str | None = None) -> str:
             verdict = {True: "yes", False: "**no**", None: "-"}[t["pass"]]
             note = f" ({t['note']})" if t.get("note") else ""
             lines.append(f"| {t['target']} | {_f(t['value'], 3)} {t['unit']} | {_f(t['limit'], 3)} | {verdict}{note} |")
+    rounds = (sc.get("glass") or {}).get("rounds") or []
+    if rounds and "floor_p50" in rounds[0]:
+        lines += ["", "Glass and floor, round by round (each glass round right after its floor round; the tables "
+                      "above pool all rounds):", "",
+                  "| round | floor p50 | glass p50 | glass - floor p50 | floor p99 | glass p99 | glass - floor p99 |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in rounds:
+            d50 = r["glass_p50"] - r["floor_p50"] if r.get("glass_p50") and r.get("floor_p50") else None
+            d99 = r["glass_p99"] - r["floor_p99"] if r.get("glass_p99") and r.get("floor_p99") else None
+            lines.append(f"| {r['round']} | {_f(r.get('floor_p50'))} | {_f(r.get('glass_p50'))} | {_f(d50)} | "
+                         f"{_f(r.get('floor_p99'))} | {_f(r.get('glass_p99'))} | {_f(d99)} |")
+    gap = report.get("glass_gap")
+    if gap:
+        lines += ["", f"Where glass p50 - floor p50 ({_f(gap['gap_p50_ms'])} ms) goes, p50s in ms:", "",
+                  "| part | ms |", "|---|---|"]
+        lines += [f"| {k} | {_f(v)} |" for k, v in gap["parts_ms"].items()]
+        lines.append(f"| unexplained (p50s do not add exactly) | {_f(gap['unexplained_ms'])} |")
     if report.get("naive_vs_medstream"):
         lines += ["", "Naive loop vs medstream (same frames, rate and subscriber):", "",
                   "| condition | medstream p50 | naive p50 | ratio | medstream p99 | naive p99 | ratio |",

@@ -1,11 +1,12 @@
-"""The benchmark scenarios: floor, pipeline, glass, overload, naive, streams. Each runs alone.
+"""The benchmark scenarios: floor, transport, pipeline, glass, overload, naive, streams. Each runs alone.
 
 Every scenario returns one dict (see :func:`_result`) with the same keys, so the report can put
 them side by side:
 
 * ``latency_ms``: the headline figures (p10..p99.9, max, tail, flatness). ``floor``: compute time of
   one inference; ``pipeline``: capture -> overlay ready (``stages_ms.total``) in-process; ``glass``,
-  ``overload``, ``naive``, ``streams``: age at arrival in a separate subscriber process.
+  ``overload``, ``naive``, ``streams``, ``transport`` (glass with a no-work relay in place of the
+  runtime): age at arrival in a separate subscriber process.
 * ``latency_ms_co``: the same corrected for coordinated omission (fixed-rate scenarios).
 * ``stages_ms``: per-stage figures from the overlay headers (plus ``wire_out`` and ``ingress``).
 * ``throughput_fps``, ``capacity_fps``, ``drops`` (by reason), ``accounting``, ``resources``.
@@ -13,6 +14,7 @@ them side by side:
 Rates: ``capacity = 1000 / floor_p50`` overlays per second (``floor`` is run briefly first when a
 scenario needs it and it has not run). ``glass`` runs at ``glass_fraction`` (0.6) of capacity,
 ``overload`` and the naive overload at 2x, each capped at ``max_rate`` (what the simulator can render).
+With ``rounds`` > 1, ``glass`` alternates with floor rounds and both are pooled (``benchmarks.pooling``).
 """
 
 from __future__ import annotations
@@ -27,12 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from medstream.benchmarks import harness
-from medstream.benchmarks.subscriber import STAGES, cdf_points, figures, new_histogram
+from medstream.benchmarks import harness, pooling
+from medstream.benchmarks.subscriber import STAGES, cdf_points, encode_histogram, figures, new_histogram
 
 log = logging.getLogger("medstream.bench")
 
-SCENARIOS = ("floor", "pipeline", "glass", "overload", "naive", "streams")
+SCENARIOS = ("floor", "transport", "pipeline", "glass", "overload", "naive", "streams")
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Settings:
     overload_rate: float | None = None  # None: 2x capacity
     streams: int = 2
     threads: int = 1
+    rounds: int = 1                     # glass rounds, each after a floor round (benchmarks.pooling)
     warmup_s: float = 2.0
     floor_runs: int = 300
     glass_fraction: float = 0.6
@@ -96,8 +99,14 @@ def _result(name: str, **kw: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ floor
-def floor(s: Settings) -> dict[str, Any]:
-    """Backend compute alone: ``OnnxRuntimeBackend.infer`` on one preallocated, preprocessed frame."""
+def floor(s: Settings, runs: int | None = None, duration_s: float | None = None) -> dict[str, Any]:
+    """Backend compute alone: ``OnnxRuntimeBackend.infer`` on one preallocated, preprocessed frame.
+
+    ``runs`` and ``duration_s`` (default ``s.floor_runs``, ``s.duration_s``) bound one round; the
+    result also becomes the capacity reference (``s.cache["floor"]``) until a pooled floor replaces it.
+    """
+    runs = runs or s.floor_runs
+    duration_s = duration_s or s.duration_s
     from medstream.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
     from medstream.runtime.phantom import make_phantom
 
@@ -107,14 +116,14 @@ def floor(s: Settings) -> dict[str, Any]:
     pre = backend.make_preprocessor()
     image, _ = make_phantom(s.sim_kind, fps=30, height=c.input.height, width=c.input.width, seed=0).render(0)
     x = {c.input.name: pre(image, "gray").copy()}
-    warm = max(5, s.floor_runs // 20)
+    warm = max(5, runs // 20)
     for _ in range(warm):
         backend.infer(x)
     hist = new_histogram()
     timeline, t0 = [], time.perf_counter()
-    deadline = t0 + max(s.duration_s, 1.0)
+    deadline = t0 + max(duration_s, 1.0)
     n = 0
-    while n < s.floor_runs and time.perf_counter() < deadline:
+    while n < runs and time.perf_counter() < deadline:
         backend.infer(x)
         ms = backend.last_compute_ms
         hist.record_value(max(1, int(ms * 1000)))
@@ -125,6 +134,7 @@ def floor(s: Settings) -> dict[str, Any]:
     cap = 1000.0 / fig["p50"] if fig.get("p50") else None
     res = _result("floor", latency_ms=fig, capacity_fps=cap, throughput_fps=n / max(time.perf_counter() - t0, 1e-9),
                   timeline=timeline, cdf=cdf_points(hist), runs=n, warmup_runs=warm,
+                  histograms={"age": encode_histogram(hist)},
                   notes=[f"{warm} warm-up inferences excluded; {n} timed (intra-op threads {s.threads})"])
     s.cache["floor"] = res
     return res
@@ -132,12 +142,7 @@ def floor(s: Settings) -> dict[str, Any]:
 
 def _floor(s: Settings) -> dict[str, Any]:
     if "floor" not in s.cache:
-        keep = (s.floor_runs, s.duration_s)
-        s.floor_runs, s.duration_s = min(s.floor_runs, 100), min(s.duration_s, 3.0)
-        try:
-            floor(s)
-        finally:
-            s.floor_runs, s.duration_s = keep
+        floor(s, runs=min(s.floor_runs, 100), duration_s=min(s.duration_s, 3.0))
     return s.cache["floor"]
 
 
@@ -234,6 +239,10 @@ def stream(s: Settings, name: str, rate: float, *, engine: str = "medstream", n_
                     cfg.write_text(json.dumps({"inject": {"delay_ms": s.inject_delay_ms}}))  # JSON is YAML
                     argv += ["--config", str(cfg)]
                 worker = group.spawn(f"run{tag}", harness.medstream_cmd(*argv))
+            elif engine == "relay":
+                worker = group.spawn(f"relay{tag}", harness.module_cmd(
+                    "medstream.benchmarks.relay", "--model", str(s.model_path), "--source", sim_ep, "--publish", pub_ep,
+                    "--summary", str(out / f"relay{tag}_summary.json")))
             else:
                 argv = ["--model", str(s.model_path), "--source", sim_ep, "--publish", pub_ep,
                         "--threads", str(s.threads), "--summary", str(out / f"naive{tag}_summary.json")]
@@ -269,7 +278,7 @@ def stream(s: Settings, name: str, rate: float, *, engine: str = "medstream", n_
                 raise harness.HarnessError(f"simulator {lane['sim'].name} failed (exit code {code}); its log "
                                            f"{lane['sim'].log_path}:\n{lane['sim'].log_tail()}")
         # Drain: the subscriber exits 2 s after its last overlay; the naive loop may have a backlog.
-        drain_deadline = time.monotonic() + (s.drain_timeout_s if engine == "medstream"
+        drain_deadline = time.monotonic() + (s.drain_timeout_s if engine != "naive"
                                              else s.drain_timeout_s + s.duration_s * s.overload_factor)
         unfinished = []
         for lane in lanes:
@@ -290,7 +299,7 @@ def _lane_result(s: Settings, out: Path, tag: str, engine: str, rate: float, fra
     if not sub_path.is_file():
         raise harness.HarnessError(f"the measuring subscriber wrote no result ({sub_path}); see its log in {out}")
     sub = json.loads(sub_path.read_text())
-    worker = f"run{tag}" if engine == "medstream" else f"naive{tag}"
+    worker = f"run{tag}" if engine == "medstream" else f"{engine}{tag}"
     summary_path = out / f"{worker}_summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     m = re.search(r"sent (\d+) frames", sim_log.read_text(errors="replace")) if sim_log.is_file() else None
@@ -301,9 +310,11 @@ def _lane_result(s: Settings, out: Path, tag: str, engine: str, rate: float, fra
         accounting = _accounting(summary)
         drops = summary["counters"]["dropped"]
     elif summary:
-        accounting = {"received": summary["received"], "processed": summary["processed"], "dropped_total": 0,
-                      "exact": True, "seq_gaps": summary.get("seq_gaps"), "unprocessed_at_stop": (sent or 0) - summary["processed"]}
-        drops = {}
+        dropped = summary.get("dropped_total", 0)
+        accounting = {"received": summary["received"], "processed": summary["processed"], "dropped_total": dropped,
+                      "exact": summary["received"] == summary["processed"] + dropped, "seq_gaps": summary.get("seq_gaps"),
+                      "unprocessed_at_stop": (sent or 0) - summary["processed"] - dropped}
+        drops = summary.get("dropped", {})
     else:
         accounting, drops = None, {}
         notes.append(f"{worker} wrote no summary (killed?)")
@@ -319,6 +330,7 @@ def _lane_result(s: Settings, out: Path, tag: str, engine: str, rate: float, fra
         resources={k[:-len(tag)] if tag and k.endswith(tag) else k: v for k, v in resources.items()
                    if not tag or k.endswith(tag)},
         timeline=sub["timeline"], cdf=sub["cdf"], engine=engine, seq_gaps=sub.get("seq_gaps"),
+        histograms=sub.get("histograms"),
         out_of_order=sub.get("out_of_order"), notes=notes)
 
 
@@ -334,8 +346,43 @@ def _merge_streams(name: str, lanes: list[dict[str, Any]], rate: float) -> dict[
 
 
 def glass(s: Settings) -> dict[str, Any]:
-    r = stream(s, "glass", under_rate(s))
-    r["scenario"] = "glass"
+    """Glass-to-glass under capacity, in ``s.rounds`` rounds each preceded by a floor round (see
+    ``benchmarks.pooling``: on a drifting machine the two must share the same minutes). Pools both;
+    the pooled floor replaces the capacity reference and is returned under ``floor``."""
+    if s.rounds <= 1:
+        r = stream(s, "glass", under_rate(s))
+        r["scenario"] = "glass"
+        return r
+    floors, glasses = [], []
+    rate = None
+    # Every floor round takes the same number of samples (as every glass round does at its fixed rate and
+    # duration), so each round weighs the same in the pooled figures: a round-count bounded by time would
+    # give the fast spells more weight in the floor than in glass and bias the comparison.
+    per_round_runs = max(30, s.floor_runs // s.rounds)
+    for k in range(1, s.rounds + 1):
+        log.info("bench: glass round %d of %d: floor, then glass", k, s.rounds)
+        floors.append(floor(s, runs=per_round_runs, duration_s=max(4 * s.duration_s / s.rounds, 10.0)))
+        if rate is None:
+            rate = under_rate(s)  # fixed for every round, from the first round's floor
+        g = stream(s, f"glass/round{k}", rate)
+        g["scenario"] = "glass"
+        glasses.append(g)
+    fl, gl = pooling.pool("floor", floors), pooling.pool("glass", glasses)
+    fl["notes"].insert(0, f"measured in {s.rounds} rounds alternating with glass rounds")
+    gl["rounds"] = [{"round": k, "floor_p50": f["latency_ms"].get("p50"), "floor_p99": f["latency_ms"].get("p99"),
+                     "floor_count": f["latency_ms"].get("count", 0), "glass_p50": g["latency_ms"].get("p50"),
+                     "glass_p99": g["latency_ms"].get("p99"), "glass_count": g["latency_ms"].get("count", 0)}
+                    for k, (f, g) in enumerate(zip(floors, glasses, strict=True), 1)]
+    s.cache["floor"] = fl
+    gl["floor"] = fl
+    return gl
+
+
+def transport(s: Settings) -> dict[str, Any]:
+    """The glass layout with ``benchmarks/relay.py`` in place of the runtime: no model, no postprocessing.
+    What the ZeroMQ hops and process wake-ups alone cost on this machine (the floor under glass - floor)."""
+    r = stream(s, "transport", under_rate(s), engine="relay")
+    r["scenario"] = "transport"
     return r
 
 
@@ -367,18 +414,23 @@ def streams(s: Settings) -> dict[str, Any]:
     return r
 
 
-RUNNERS = {"floor": floor, "pipeline": pipeline, "glass": glass, "overload": overload, "naive": naive, "streams": streams}
+RUNNERS = {"floor": floor, "transport": transport, "pipeline": pipeline, "glass": glass, "overload": overload, "naive": naive, "streams": streams}
 
 
 def run_scenarios(s: Settings, names: list[str]) -> dict[str, dict[str, Any]]:
     """Run ``names`` in order (floor first when asked), returning ``{name: result}``."""
     results: dict[str, dict[str, Any]] = {}
+    if s.rounds > 1 and "glass" in names:
+        names = [n for n in names if n != "floor"]  # glass measures the floor in its own paired rounds
     for name in sorted(names, key=SCENARIOS.index):
         log.info("bench: scenario %s (model %s, %g s)", name, s.model, s.duration_s)
         r = RUNNERS[name](s)
         if name == "naive":
             results["naive"] = r
             results["naive_overload"] = r.pop("overload")
+        elif name == "glass" and "floor" in r:
+            results["glass"] = r
+            results["floor"] = r.pop("floor")  # the pooled floor of the paired rounds replaces a lone one
         else:
             results[name] = r
     if "floor" not in results and "floor" in s.cache:

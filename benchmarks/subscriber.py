@@ -47,6 +47,15 @@ def new_histogram() -> HdrHistogram:
     return HdrHistogram(1, MAX_US, 3)
 
 
+def encode_histogram(hist: HdrHistogram) -> str:
+    """HdrHistogram's own compressed base64 form (a few hundred bytes), for JSON."""
+    return hist.encode().decode("ascii")
+
+
+def decode_histogram(text: str) -> HdrHistogram:
+    return HdrHistogram.decode(text.encode("ascii"))
+
+
 def _us(ms: float) -> int:
     return int(min(max(round(ms * 1000.0), 1), MAX_US))
 
@@ -151,6 +160,9 @@ def analyse(samples: Sequence[Sample], *, expected_interval_ms: float | None = N
     out["timeline"] = [[round((s.t_arrival_ns - t0) / 1e9, 4), round(s.age_ms, 3), int(s.t_arrival_ns >= cutoff and i >= warmup_frames)]
                        for i, s in enumerate(samples) if i % step == 0]
     out["cdf"] = cdf_points(raw)
+    # Compressed histograms, so rounds of one scenario can be pooled exactly (benchmarks.pooling).
+    out["histograms"] = {"age": encode_histogram(raw), "age_co": encode_histogram(co) if interval_us else None,
+                         "stages": {k: encode_histogram(h) for k, h in stage_h.items()}}
     return out
 
 

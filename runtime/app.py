@@ -69,7 +69,7 @@ def backend_options(cfg: RunConfig, name: str) -> dict[str, Any]:
             opts["cache_dir"] = cfg.engine_cache
         return opts
     # The pipeline consumes each output before the next inference, so the backend may reuse buffers.
-    return {"intra_op_threads": cfg.threads, "reuse_output_buffers": True}
+    return {"intra_op_threads": cfg.threads, "reuse_output_buffers": True, "spin_after_run": cfg.spin_after_run}
 
 
 def source_curve(sec: SecurityConfig, source_uri: str) -> dict[str, bytes] | None:

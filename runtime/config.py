@@ -71,6 +71,8 @@ class RunConfig(_Strict):
     backend: Literal["auto", "onnxruntime", "onnxruntime-cuda", "tensorrt"] = "auto"
     publish: str = DEFAULT_PUBLISH
     threads: int | None = Field(default=None, gt=0, le=256, description="inference threads (ONNX Runtime intra-op)")
+    spin_after_run: bool = Field(default=False, description="keep ONNX Runtime's threads spinning between frames "
+                                 "(default off: they stop when each inference returns and leave the cores to the stream)")
     max_frames: int | None = Field(default=None, gt=0)
     duration: float | None = Field(default=None, gt=0)
     summary: str | None = None

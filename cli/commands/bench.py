@@ -18,7 +18,7 @@ RESULTS_MD_COMMAND = "medstream bench --results-md"
 
 def add_arguments(p) -> None:
     p.add_argument("scenarios", nargs="*", metavar="SCENARIO",
-                   help="floor pipeline glass overload naive streams (default: all)")
+                   help="floor transport pipeline glass overload naive streams (default: all)")
     p.add_argument("--model", default=None, help="ultrasound, fluoroscopy or a path to an ONNX file with a medstream contract")
     p.add_argument("--duration", type=float, default=15.0, help="seconds per scenario (default 15)")
     p.add_argument("--rate", type=float, default=None,
@@ -26,8 +26,11 @@ def add_arguments(p) -> None:
     p.add_argument("--overload-rate", type=float, default=None, help="source fps for overload (default 2 x capacity)")
     p.add_argument("--streams", type=int, default=2, help="concurrent streams in the 'streams' scenario")
     p.add_argument("--threads", type=int, default=None,
-                   help="ONNX Runtime intra-op threads for medstream run and the naive loop "
-                        "(default: 1 on <= 2 cores, else cores - 1: the simulator and subscriber need a core)")
+                   help="ONNX Runtime intra-op threads for the floor, medstream run and the naive loop "
+                        "(default: every usable core, as medstream run uses)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="glass is measured in this many rounds, each right after a floor round, and both are pooled: "
+                        "on a machine whose speed drifts, floor and glass must share the same minutes (default 3)")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds excluded at the start of each scenario")
     p.add_argument("--out", default=None, help="output folder (default benchmarks/results/<model>)")
     p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="print ratios B/A of two reports and exit")
@@ -51,6 +54,8 @@ def main(args) -> int:
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise ConfigError(f"unknown scenario(s) {unknown}", f"choose from: {' '.join(SCENARIOS)}")
+    if args.rounds < 1:
+        raise ConfigError(f"--rounds {args.rounds} must be at least 1", "give e.g. --rounds 3 (1: no pairing)")
     if args.duration <= args.warmup:
         raise ConfigError(f"--duration {args.duration} must be longer than --warmup {args.warmup}",
                           "give e.g. --duration 15 --warmup 2")
@@ -63,10 +68,11 @@ def main(args) -> int:
         path = resolve_model_path(model)
         out = Path(args.out) / (Path(model).stem if len(models) > 1 else "") if args.out else results_root / Path(model).stem
         s = Settings(model=model, model_path=path, out_dir=out, duration_s=args.duration, rate=args.rate,
-                     overload_rate=args.overload_rate, streams=args.streams, threads=threads, warmup_s=args.warmup)
+                     overload_rate=args.overload_rate, streams=args.streams, threads=threads, warmup_s=args.warmup,
+                     rounds=args.rounds)
         results = run_scenarios(s, names)
         settings = {"scenarios": names, "duration_s": s.duration_s, "warmup_s": s.warmup_s, "threads": threads,
-                    "threads_choice": "given" if args.threads else "default: 1 on <= 2 usable cores, else cores - 1",
+                    "threads_choice": "given" if args.threads else "default: every usable core", "rounds": s.rounds,
                     "rate": args.rate, "overload_rate": args.overload_rate, "streams": s.streams,
                     "glass_fraction": s.glass_fraction, "overload_factor": s.overload_factor, "max_rate": s.max_rate}
         report = rep.build_report(results, model=model, model_path=str(path), settings=settings, command=command)

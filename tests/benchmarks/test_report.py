@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from medstream.benchmarks import report as rep
 from medstream.benchmarks.subscriber import analyse
 from medstream.cli.main import main as cli_main
@@ -76,3 +78,31 @@ def test_compare_prints_ratios(tmp_path: Path, capsys):
     glass_line = next(line for line in out.splitlines() if line.startswith("glass"))
     assert glass_line.split()[1] == "2.00x"  # p50 doubled
     assert cli_main(["bench", "--compare", str(a), str(tmp_path / "missing.json")]) != 0
+
+
+def test_glass_gap_splits_the_difference_into_measured_parts():
+    r = _report()
+    sc = dict(r["scenarios"])
+    sc["transport"] = _scenario("transport", [0.8] * 50)
+    gap = rep.glass_gap(sc)
+    # glass 6.5 - floor 5.0 = 1.5: transport 0.8, queue + preprocess + postprocess 0.8, infer 5.0 - floor 5.0 = 0
+    assert gap["gap_p50_ms"] == pytest.approx(1.5, abs=0.02)
+    parts = gap["parts_ms"]
+    assert parts["transport (two hops, no work)"] == pytest.approx(0.8, abs=0.01)
+    assert parts["runtime work (queue + preprocess + postprocess)"] == pytest.approx(0.8, abs=0.01)
+    assert parts["inference in the stream - floor"] == pytest.approx(0.0, abs=0.01)
+    assert gap["unexplained_ms"] == pytest.approx(1.5 - 1.6, abs=0.03)
+    assert rep.glass_gap({"floor": sc["floor"]}) is None, "no glass, no gap"
+
+
+def test_markdown_shows_glass_and_floor_round_by_round():
+    r = _report()
+    r["scenarios"]["glass"]["rounds"] = [
+        {"round": 1, "floor_p50": 5.0, "floor_p99": 6.0, "glass_p50": 6.0, "glass_p99": 9.0},
+        {"round": 2, "floor_p50": 7.0, "floor_p99": 8.0, "glass_p50": 7.5, "glass_p99": 8.5},
+    ]
+    r["glass_gap"] = rep.glass_gap(r["scenarios"])
+    md = rep.markdown(r)
+    assert "| 1 | 5.00 | 6.00 | 1.00 | 6.00 | 9.00 | 3.00 |" in md
+    assert "| 2 | 7.00 | 7.50 | 0.50 | 8.00 | 8.50 | 0.50 |" in md
+    assert "Where glass p50 - floor p50 (1.50 ms) goes" in md

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from medstream.benchmarks import harness
-from medstream.benchmarks.scenarios import Settings, pipeline, stream
+from medstream.benchmarks.scenarios import Settings, pipeline, run_scenarios, stream
 
 DELAY = 20.0
 
@@ -95,3 +95,33 @@ def test_overload_supersedes_and_accounts_for_every_frame(tiny_model, tmp_path):
     assert a["exact"] and a["received"] == a["processed"] + a["dropped_total"]
     assert r["drops"].get("superseded", 0) > a["processed"] / 3
     assert r["latency_ms"]["p50"] < 4 * DELAY, "no queueing: the newest frame is taken"
+
+
+@pytest.mark.slow
+def test_transport_relay_forwards_every_frame_with_its_seq_and_capture_time(tiny_model, tmp_path):
+    """simulate -> relay (no model) -> subscriber: the transport floor is measured on real sockets."""
+    r = stream(_settings(tiny_model, tmp_path, duration_s=2.0, warmup_s=0.5), "transport", 25.0, engine="relay")
+    a = r["accounting"]
+    assert a["sent_by_source"] == 50 and a["received"] == a["processed"] == 50 and a["exact"]
+    assert a["overlays_at_subscriber"] == 50 and r["seq_gaps"] == 0 and r["out_of_order"] == 0
+    assert set(r["resources"]) == {"relay", "subscriber", "simulate"}
+    # The relay stamps only 'total' (capture -> publish): no model stage may appear.
+    assert "infer" not in r["stages_ms"] and {"ingress", "wire_out"} <= set(r["stages_ms"])
+
+
+@pytest.mark.slow
+def test_glass_rounds_alternate_with_floor_and_pool_every_sample(tiny_model, tmp_path):
+    s = _settings(tiny_model, tmp_path, duration_s=2.0, warmup_s=0.5, rounds=2, floor_runs=60)
+    results = run_scenarios(s, ["floor", "glass"])
+    fl, gl = results["floor"], results["glass"]
+    assert [r["round"] for r in gl["rounds"]] == [1, 2]
+    assert all(r["floor_p50"] and r["glass_p50"] for r in gl["rounds"])
+    assert fl["runs"] == 2 * 30, "every floor round takes the same number of samples"
+    assert fl["notes"][0] == "measured in 2 rounds alternating with glass rounds"
+    assert (tmp_path / "glass" / "round1").is_dir() and (tmp_path / "glass" / "round2").is_dir()
+    a = gl["accounting"]
+    assert a["sent_by_source"] == 2 * 50 and a["exact"] and a["received"] == a["processed"] + a["dropped_total"]
+    measured = sum(r["glass_count"] for r in gl["rounds"])
+    assert measured > 0 and gl["latency_ms"]["count"] == measured, "the pooled figures hold every round's overlays"
+    assert fl["latency_ms"]["count"] == sum(r["floor_count"] for r in gl["rounds"]) == 60
+    assert s.cache["floor"] is fl, "later scenarios take their capacity from the pooled floor"

@@ -72,3 +72,18 @@ def test_unknown_kind_and_scheme():
         open_source("synthetic://mri")
     with pytest.raises(ConfigError, match="zmq\\+tcp"):
         open_source("rtsp://camera/stream")
+
+
+def test_fluoroscopy_sends_at_any_rate_when_its_motion_clock_is_a_pulse_rate():
+    # The phantom only takes pulse rates (a typo guard); a benchmark sends at e.g. 22.4 fps.
+    with pytest.raises(ConfigError, match="pulsed fluoroscopy"):
+        open_source("synthetic://fluoroscopy?fps=22.4&frames=1").open()
+    src = open_source("synthetic://fluoroscopy?fps=22.4&motion_fps=15&frames=2")
+    src.open()
+    try:
+        assert src.read(1.0).image.shape == (256, 256)
+        assert src.fps == 22.4
+    finally:
+        src.close()
+    with pytest.raises(ConfigError, match="motion_fps"):
+        open_source("synthetic://ultrasound?motion_fps=-1")
