@@ -126,6 +126,12 @@ def pool(name: str, rounds: list[dict[str, Any]]) -> dict[str, Any]:
         notes=[f"pooled over {len(rounds)} rounds (figures from all rounds' samples; per-round figures under 'rounds')"]
         + [f"round {i}: {n}" for i, r in enumerate(rounds, 1) for n in r.get("notes", [])],
     )
+    if rounds[0].get("streams"):
+        # Each stream pooled over the rounds; the headline pools every round's worst stream.
+        out["streams"] = [pool(name, [r["streams"][i] for r in rounds]) for i in range(len(rounds[0]["streams"]))]
+        for lane in out["streams"]:
+            lane.pop("timeline", None)
+            lane.pop("cdf", None)
     if "runs" in rounds[0]:
         out["runs"] = sum(r.get("runs", 0) for r in rounds)
         out["warmup_runs"] = sum(r.get("warmup_runs", 0) for r in rounds)

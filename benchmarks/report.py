@@ -296,17 +296,19 @@ def markdown(report: dict[str, Any], plots_prefix: str | None = None) -> str:
             verdict = {True: "yes", False: "**no**", None: "-"}[t["pass"]]
             note = f" ({t['note']})" if t.get("note") else ""
             lines.append(f"| {t['target']} | {_f(t['value'], 3)} {t['unit']} | {_f(t['limit'], 3)} | {verdict}{note} |")
-    rounds = (sc.get("glass") or {}).get("rounds") or []
-    if rounds and "floor_p50" in rounds[0]:
-        lines += ["", "Glass and floor, round by round (each glass round right after its floor round; the tables "
-                      "above pool all rounds):", "",
-                  "| round | floor p50 | glass p50 | glass - floor p50 | floor p99 | glass p99 | glass - floor p99 |",
-                  "|---|---|---|---|---|---|---|"]
+    rounds = (sc.get("floor") or {}).get("rounds") or []
+    if rounds:
+        lines += ["", "Round by round (every round ran the whole list, floor first; the tables above pool the "
+                      "rounds):", "",
+                  "| round | floor p50 | glass p50 | glass - floor p50 | floor p99 | glass p99 | glass - floor p99 | "
+                  "naive p50 | overload p99 |", "|---|---|---|---|---|---|---|---|---|"]
         for r in rounds:
-            d50 = r["glass_p50"] - r["floor_p50"] if r.get("glass_p50") and r.get("floor_p50") else None
-            d99 = r["glass_p99"] - r["floor_p99"] if r.get("glass_p99") and r.get("floor_p99") else None
-            lines.append(f"| {r['round']} | {_f(r.get('floor_p50'))} | {_f(r.get('glass_p50'))} | {_f(d50)} | "
-                         f"{_f(r.get('floor_p99'))} | {_f(r.get('glass_p99'))} | {_f(d99)} |")
+            fl, gl = r.get("floor") or {}, r.get("glass") or {}
+            d50 = gl["p50"] - fl["p50"] if gl.get("p50") and fl.get("p50") else None
+            d99 = gl["p99"] - fl["p99"] if gl.get("p99") and fl.get("p99") else None
+            lines.append(f"| {r['round']} | {_f(fl.get('p50'))} | {_f(gl.get('p50'))} | {_f(d50)} | {_f(fl.get('p99'))} | "
+                         f"{_f(gl.get('p99'))} | {_f(d99)} | {_f((r.get('naive') or {}).get('p50'))} | "
+                         f"{_f((r.get('overload') or {}).get('p99'))} |")
     gap = report.get("glass_gap")
     if gap:
         lines += ["", f"Where glass p50 - floor p50 ({_f(gap['gap_p50_ms'])} ms) goes, p50s in ms:", "",

@@ -14,7 +14,8 @@ them side by side:
 Rates: ``capacity = 1000 / floor_p50`` overlays per second (``floor`` is run briefly first when a
 scenario needs it and it has not run). ``glass`` runs at ``glass_fraction`` (0.6) of capacity,
 ``overload`` and the naive overload at 2x, each capped at ``max_rate`` (what the simulator can render).
-With ``rounds`` > 1, ``glass`` alternates with floor rounds and both are pooled (``benchmarks.pooling``).
+With ``rounds`` > 1 the whole list runs that many times, each round starting with its floor, and
+each scenario's rounds are pooled (``benchmarks.pooling``).
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ class Settings:
     overload_rate: float | None = None  # None: 2x capacity
     streams: int = 2
     threads: int = 1
-    rounds: int = 1                     # glass rounds, each after a floor round (benchmarks.pooling)
+    rounds: int = 1                     # the whole suite this many times, pooled (benchmarks.pooling)
+    round_tag: str = ""                 # "round2": output subfolder of the round being run
+    fixed_capacity: float | None = None  # after round 1: every round runs at the same rates
     warmup_s: float = 2.0
     floor_runs: int = 300
     glass_fraction: float = 0.6
@@ -106,7 +109,10 @@ def floor(s: Settings, runs: int | None = None, duration_s: float | None = None)
     result also becomes the capacity reference (``s.cache["floor"]``) until a pooled floor replaces it.
     """
     runs = runs or s.floor_runs
-    duration_s = duration_s or s.duration_s
+    # In rounds every floor takes the same number of inferences (as every other scenario runs for the same
+    # time at the same rate), so each round weighs the same when pooled; the time limit only guards a
+    # machine far slower than expected.
+    duration_s = duration_s or (s.duration_s if s.rounds <= 1 else max(4 * s.duration_s, 30.0))
     from medstream.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
     from medstream.runtime.phantom import make_phantom
 
@@ -148,6 +154,8 @@ def _floor(s: Settings) -> dict[str, Any]:
 
 def capacity(s: Settings) -> float:
     """Overlays/s the model allows: 1000 / floor p50 (plus any planted per-frame delay)."""
+    if s.fixed_capacity:
+        return s.fixed_capacity
     p50 = _floor(s)["latency_ms"]["p50"] + sum(s.inject_delay_ms.values())
     return 1000.0 / p50
 
@@ -206,6 +214,8 @@ def pipeline(s: Settings) -> dict[str, Any]:
                    throughput_fps=n / max(s.duration_s - s.warmup_s, 1e-9), capacity_fps=capacity(s),
                    drops=c["dropped"], accounting=_accounting(summary), timeline=rec.timeline,
                    cdf=cdf_points(total) if total else [],
+                   histograms={"age": encode_histogram(total or new_histogram()), "age_co": None,
+                               "stages": {k: encode_histogram(hh) for k, hh in rec.hists.items()}},
                    notes=[f"warm-up: first {s.warmup_s:g} s after the first overlay excluded",
                           "latency = capture (phantom rendered in the receiver thread) -> overlay ready to publish"])
 
@@ -220,7 +230,7 @@ def _accounting(summary: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- multi-process
 def stream(s: Settings, name: str, rate: float, *, engine: str = "medstream", n_streams: int = 1) -> dict[str, Any]:
     """``simulate`` -> ``run`` (or the naive loop) -> subscriber, N independent copies at once."""
-    out = s.out_dir / name
+    out = s.out_dir / name / s.round_tag if s.round_tag else s.out_dir / name
     out.mkdir(parents=True, exist_ok=True)
     h, w = s.frame_hw
     frames = max(1, int(round(rate * s.duration_s)))
@@ -346,36 +356,9 @@ def _merge_streams(name: str, lanes: list[dict[str, Any]], rate: float) -> dict[
 
 
 def glass(s: Settings) -> dict[str, Any]:
-    """Glass-to-glass under capacity, in ``s.rounds`` rounds each preceded by a floor round (see
-    ``benchmarks.pooling``: on a drifting machine the two must share the same minutes). Pools both;
-    the pooled floor replaces the capacity reference and is returned under ``floor``."""
-    if s.rounds <= 1:
-        r = stream(s, "glass", under_rate(s))
-        r["scenario"] = "glass"
-        return r
-    floors, glasses = [], []
-    rate = None
-    # Every floor round takes the same number of samples (as every glass round does at its fixed rate and
-    # duration), so each round weighs the same in the pooled figures: a round-count bounded by time would
-    # give the fast spells more weight in the floor than in glass and bias the comparison.
-    per_round_runs = max(30, s.floor_runs // s.rounds)
-    for k in range(1, s.rounds + 1):
-        log.info("bench: glass round %d of %d: floor, then glass", k, s.rounds)
-        floors.append(floor(s, runs=per_round_runs, duration_s=max(4 * s.duration_s / s.rounds, 10.0)))
-        if rate is None:
-            rate = under_rate(s)  # fixed for every round, from the first round's floor
-        g = stream(s, f"glass/round{k}", rate)
-        g["scenario"] = "glass"
-        glasses.append(g)
-    fl, gl = pooling.pool("floor", floors), pooling.pool("glass", glasses)
-    fl["notes"].insert(0, f"measured in {s.rounds} rounds alternating with glass rounds")
-    gl["rounds"] = [{"round": k, "floor_p50": f["latency_ms"].get("p50"), "floor_p99": f["latency_ms"].get("p99"),
-                     "floor_count": f["latency_ms"].get("count", 0), "glass_p50": g["latency_ms"].get("p50"),
-                     "glass_p99": g["latency_ms"].get("p99"), "glass_count": g["latency_ms"].get("count", 0)}
-                    for k, (f, g) in enumerate(zip(floors, glasses, strict=True), 1)]
-    s.cache["floor"] = fl
-    gl["floor"] = fl
-    return gl
+    r = stream(s, "glass", under_rate(s))
+    r["scenario"] = "glass"
+    return r
 
 
 def transport(s: Settings) -> dict[str, Any]:
@@ -417,25 +400,51 @@ def streams(s: Settings) -> dict[str, Any]:
 RUNNERS = {"floor": floor, "transport": transport, "pipeline": pipeline, "glass": glass, "overload": overload, "naive": naive, "streams": streams}
 
 
-def run_scenarios(s: Settings, names: list[str]) -> dict[str, dict[str, Any]]:
-    """Run ``names`` in order (floor first when asked), returning ``{name: result}``."""
+def _run_once(s: Settings, names: list[str]) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
-    if s.rounds > 1 and "glass" in names:
-        names = [n for n in names if n != "floor"]  # glass measures the floor in its own paired rounds
     for name in sorted(names, key=SCENARIOS.index):
-        log.info("bench: scenario %s (model %s, %g s)", name, s.model, s.duration_s)
+        log.info("bench: scenario %s (model %s, %g s%s)", name, s.model, s.duration_s,
+                 f", {s.round_tag}" if s.round_tag else "")
         r = RUNNERS[name](s)
         if name == "naive":
             results["naive"] = r
             results["naive_overload"] = r.pop("overload")
-        elif name == "glass" and "floor" in r:
-            results["glass"] = r
-            results["floor"] = r.pop("floor")  # the pooled floor of the paired rounds replaces a lone one
         else:
             results[name] = r
     if "floor" not in results and "floor" in s.cache:
         results["floor"] = s.cache["floor"]  # the short floor run that gave the capacity
     return results
+
+
+def run_scenarios(s: Settings, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Run ``names`` in order (floor first), ``s.rounds`` times, returning ``{name: result}``.
+
+    With several rounds (``benchmarks.pooling`` says why), every round runs the whole list, floor
+    included and first, at the rates the first round's floor gave; each scenario's rounds are then
+    pooled, capacity is recomputed from the pooled floor, and ``rounds`` in the floor's result keeps
+    every round's p50 and p99 of every scenario.
+    """
+    if s.rounds <= 1:
+        return _run_once(s, names)
+    names = list(dict.fromkeys(["floor", *names]))
+    rounds: list[dict[str, dict[str, Any]]] = []
+    for k in range(1, s.rounds + 1):
+        s.round_tag = f"round{k}"
+        s.cache.pop("floor", None)
+        rounds.append(_run_once(s, names))
+        if s.fixed_capacity is None:
+            s.fixed_capacity = capacity(s)  # from round 1's floor: same rates in every round
+    s.round_tag = ""
+    pooled = {name: pooling.pool(name, [r[name] for r in rounds]) for name in rounds[0]}
+    cap = 1000.0 / (pooled["floor"]["latency_ms"]["p50"] + sum(s.inject_delay_ms.values()))
+    for r in pooled.values():
+        r["capacity_fps"] = cap
+        r["notes"].insert(0, f"rates from round 1's floor ({s.fixed_capacity:.1f}/s capacity); capacity shown and "
+                             f"judged: the pooled floor's ({cap:.1f}/s)")
+    pooled["floor"]["rounds"] = [{"round": k, **{name: pooling.round_figures(r[name]) for name in r}}
+                                 for k, r in enumerate(rounds, 1)]
+    s.cache["floor"] = pooled["floor"]
+    return pooled
 
 
 def stage_sum(stages: dict[str, Any], key: str = "p50") -> float:

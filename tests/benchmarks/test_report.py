@@ -95,14 +95,14 @@ def test_glass_gap_splits_the_difference_into_measured_parts():
     assert rep.glass_gap({"floor": sc["floor"]}) is None, "no glass, no gap"
 
 
-def test_markdown_shows_glass_and_floor_round_by_round():
+def test_markdown_shows_every_round():
     r = _report()
-    r["scenarios"]["glass"]["rounds"] = [
-        {"round": 1, "floor_p50": 5.0, "floor_p99": 6.0, "glass_p50": 6.0, "glass_p99": 9.0},
-        {"round": 2, "floor_p50": 7.0, "floor_p99": 8.0, "glass_p50": 7.5, "glass_p99": 8.5},
+    r["scenarios"]["floor"]["rounds"] = [
+        {"round": 1, "floor": {"p50": 5.0, "p99": 6.0}, "glass": {"p50": 6.0, "p99": 9.0}, "naive": {"p50": 7.0}},
+        {"round": 2, "floor": {"p50": 7.0, "p99": 8.0}, "glass": {"p50": 7.5, "p99": 8.5}, "overload": {"p99": 12.0}},
     ]
     r["glass_gap"] = rep.glass_gap(r["scenarios"])
     md = rep.markdown(r)
-    assert "| 1 | 5.00 | 6.00 | 1.00 | 6.00 | 9.00 | 3.00 |" in md
-    assert "| 2 | 7.00 | 7.50 | 0.50 | 8.00 | 8.50 | 0.50 |" in md
+    assert "| 1 | 5.00 | 6.00 | 1.00 | 6.00 | 9.00 | 3.00 | 7.00 | - |" in md
+    assert "| 2 | 7.00 | 7.50 | 0.50 | 8.00 | 8.50 | 0.50 | - | 12.00 |" in md
     assert "Where glass p50 - floor p50 (1.50 ms) goes" in md

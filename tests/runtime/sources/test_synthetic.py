@@ -87,3 +87,17 @@ def test_fluoroscopy_sends_at_any_rate_when_its_motion_clock_is_a_pulse_rate():
         src.close()
     with pytest.raises(ConfigError, match="motion_fps"):
         open_source("synthetic://ultrasound?motion_fps=-1")
+
+
+def test_preload_renders_every_frame_before_the_first_is_due_then_loops():
+    src = open_source("synthetic://ultrasound?fps=0&preload=4&frames=9")
+    src.open()
+    try:
+        # All rendered at open, so none is rendered while a benchmark measures.
+        assert sorted(src._cache) == [0, 1, 2, 3]
+        frames = [src.read(1.0) for _ in range(9)]
+    finally:
+        src.close()
+    assert [f.seq for f in frames] == list(range(9)), "seq keeps counting while images loop"
+    assert np.array_equal(frames[1].image, frames[5].image) and not np.array_equal(frames[1].image, frames[2].image)
+    assert frames[8].t_capture_ns > frames[4].t_capture_ns
