@@ -116,7 +116,8 @@ def test_ready_watchdog_hang_and_stopping(tiny_model, tmp_path):
     before_hang = [p for p in pings if t_ready < p <= a]
     after_hang = [p for p in pings if b <= p <= term_at]
     assert len(before_hang) >= 2 and len(after_hang) >= 2
-    # And never faster than the rate limit.
-    assert min(y - x for x, y in zip(pings, pings[1:], strict=False)) >= 0.45
+    # And never faster than the rate limit (0.5 s, kept by the runtime's clock; arrival times here carry the
+    # receiving thread's scheduling jitter, so 0.1 s of slack: without the limit, pings would come per frame).
+    assert min(y - x for x, y in zip(pings, pings[1:], strict=False)) >= 0.4
 
     assert msgs[-1][1].startswith("STOPPING=1") and msgs[-1][0] >= term_at
