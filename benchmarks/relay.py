@@ -17,7 +17,6 @@ Run: ``python -m medstream.benchmarks.relay --model M.onnx --source tcp://127.0.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import time
@@ -27,6 +26,7 @@ import numpy as np
 import zmq
 
 from medstream.runtime.contract import read_contract
+from medstream.runtime.files import write_json_atomic
 from medstream.runtime.frame import Overlay
 from medstream.runtime.wire import WireError, decode_frame, encode_overlay
 
@@ -74,11 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = {"received": received, "processed": processed, "dropped_total": invalid,
                "dropped": {"invalid": invalid} if invalid else {}}
     if args.summary:
-        with open(args.summary, "w") as f:
-            json.dump(summary, f)
-    frames.close(0)
-    overlays.close(200)
-    ctx.term()
+        write_json_atomic(args.summary, summary)
+    ctx.destroy(linger=200)  # closes both sockets; the last overlays may still be on their way
     return 0
 
 
