@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -400,6 +401,10 @@ def streams(s: Settings) -> dict[str, Any]:
 RUNNERS = {"floor": floor, "transport": transport, "pipeline": pipeline, "glass": glass, "overload": overload, "naive": naive, "streams": streams}
 
 
+#: The folders ``stream`` writes under ``out_dir`` (cleared at the start of a run).
+_FOLDERS = ("transport", "glass", "overload", "naive", "naive_overload", "streams")
+
+
 def _run_once(s: Settings, names: list[str]) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     for name in sorted(names, key=SCENARIOS.index):
@@ -424,6 +429,8 @@ def run_scenarios(s: Settings, names: list[str]) -> dict[str, dict[str, Any]]:
     pooled, capacity is recomputed from the pooled floor, and ``rounds`` in the floor's result keeps
     every round's p50 and p99 of every scenario.
     """
+    for folder in _FOLDERS:  # one scenario's logs and samples, never a mix of this run's and an older one's
+        shutil.rmtree(s.out_dir / folder, ignore_errors=True)
     if s.rounds <= 1:
         return _run_once(s, names)
     names = list(dict.fromkeys(["floor", *names]))
