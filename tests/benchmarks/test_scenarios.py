@@ -112,7 +112,11 @@ def test_transport_relay_forwards_every_frame_with_its_seq_and_capture_time(tiny
 @pytest.mark.slow
 def test_rounds_run_the_list_floor_first_and_pool_every_sample(tiny_model, tmp_path):
     s = _settings(tiny_model, tmp_path, duration_s=2.0, warmup_s=0.5, rounds=2, floor_runs=30, rate=None)
+    stale = tmp_path / "glass" / "run.log"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("an older run's log")
     results = run_scenarios(s, ["glass"])
+    assert not stale.exists(), "an older run's files must not sit beside the new rounds"
     fl, gl = results["floor"], results["glass"]
     per_round = fl["rounds"]
     assert [r["round"] for r in per_round] == [1, 2]
