@@ -1,12 +1,13 @@
 """Pool the rounds of one scenario into one result.
 
 Why rounds: on a shared or virtual machine the model's own speed drifts by tens of percent within a
-minute (measured on the 2-core development VM: two-second medians of the same inference moved
-between 24 and 41 ms in one minute, with the machine otherwise idle). A floor measured in one minute
-and a glass figure measured in the next then compare the host's moods, not the runtime. So
-``medstream bench`` measures ``floor`` and ``glass`` in alternating rounds (floor, glass, floor,
-glass, ...) and pools each scenario's rounds: a slow spell falls on both, and the per-round figures
-stay in the report so the spread is visible.
+minute (``python -m medstream.benchmarks.floor_drift`` on the 2-core development VM, machine otherwise
+idle: two-second medians of the same inference between 20.1 and 32.1 ms within one minute;
+benchmarks/results/floor_drift.json). A floor measured in one minute and a glass figure measured in
+the next then compare the host's moods, not the runtime. So ``medstream bench --rounds N`` runs the
+whole scenario list N times, each round starting with its floor, and pools each scenario's rounds: a
+slow spell is spread over all of them, and the per-round figures stay in the report so the spread is
+visible.
 
 Pooling adds the rounds' HdrHistograms (each scenario writes them compressed under ``histograms``),
 so a pooled p99 is the p99 of all measured samples, not an average of the rounds' p99s.

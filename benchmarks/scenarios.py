@@ -231,7 +231,7 @@ def _accounting(summary: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------- multi-process
 def stream(s: Settings, name: str, rate: float, *, engine: str = "medstream", n_streams: int = 1) -> dict[str, Any]:
     """``simulate`` -> ``run`` (or the naive loop) -> subscriber, N independent copies at once."""
-    out = s.out_dir / name / s.round_tag if s.round_tag else s.out_dir / name
+    out = s.out_dir / name / s.round_tag  # round_tag "" adds nothing
     out.mkdir(parents=True, exist_ok=True)
     h, w = s.frame_hw
     frames = max(1, int(round(rate * s.duration_s)))

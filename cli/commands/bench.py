@@ -29,8 +29,8 @@ def add_arguments(p) -> None:
                    help="ONNX Runtime intra-op threads for the floor, medstream run and the naive loop "
                         "(default: every usable core, as medstream run uses)")
     p.add_argument("--rounds", type=int, default=3,
-                   help="glass is measured in this many rounds, each right after a floor round, and both are pooled: "
-                        "on a machine whose speed drifts, floor and glass must share the same minutes (default 3)")
+                   help="run the whole list this many times, each round floor first, and pool each scenario: on a "
+                        "machine whose speed drifts, floor and the others must share the same minutes (default 3)")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds excluded at the start of each scenario")
     p.add_argument("--out", default=None, help="output folder (default benchmarks/results/<model>)")
     p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="print ratios B/A of two reports and exit")

@@ -33,14 +33,18 @@ def make_session(model_path: str, providers: list[Any], intra_op_threads: int | 
                  spin_after_run: bool = False):
     """Create an ``InferenceSession`` or raise :class:`ModelLoadError` naming the file and the fix.
 
-    ONNX Runtime's intra-op threads spin while a run lasts (waking a sleeping thread for each of a
-    U-Net's ~60 parallel operators would cost more than it saves) and, by default, keep spinning
-    after it returns. A stream runs one inference per frame and then has other work: receiving the
+    ONNX Runtime's intra-op threads spin while a run lasts (the bundled U-Net has 53 nodes, 23 of
+    them convolutions, each a parallel section; waking sleeping threads for each costs more than
+    spinning) and, by default, keep spinning after it returns. A stream runs one inference per frame and then has other work: receiving the
     next frame, publishing, and on a small machine the capture and display processes. Unless
     ``spin_after_run`` is set, the threads stop spinning as soon as each run returns
-    (``session.force_spinning_stop``). Measured on the 2-core development machine (ultrasound model,
-    2 threads, each inference followed by 18 ms idle as in a stream under capacity): 63.6 ms of CPU
-    per frame instead of 78.0, inference p50 29.1 ms instead of 28.6 (within that machine's noise).
+    (``session.force_spinning_stop``). The trade, measured on the 2-core development machine with
+    ``python -m medstream.benchmarks.spin_after_run`` (ultrasound model, 2 threads, 18 ms idle after
+    each inference, settings interleaved; benchmarks/results/spin_after_run.json): about a fifth less
+    CPU per frame (55.9 vs 70.4 ms) for an inference p50 0.3-1.6 ms slower (four runs). In the
+    three-process glass scenario, where the freed CPU goes to capture and display, one paired 3-round
+    comparison gave the same p50 and a lower p99 per round with the threads stopped (45-53 ms vs
+    55-61 ms), hence the default. Set ``spin_after_run`` when the model has the machine to itself.
     """
     import onnxruntime as ort
 
