@@ -25,15 +25,13 @@ from medstream.runtime.files import write_json_atomic
 
 def make_backend(model: str, threads: int | None, spin_after_run: bool = False):
     """The bench's floor setup: the model's ONNX Runtime backend on the CPU and one preprocessed phantom frame."""
-    from medstream.runtime.app import resolve_model_path
-    from medstream.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from medstream.runtime.contract import read_contract
+    from medstream.runtime.backends import load_backend
+    from medstream.runtime.models.loader import load_model
     from medstream.runtime.phantom import make_phantom
 
-    path = resolve_model_path(model)
-    c = read_contract(path)
-    backend = OnnxRuntimeBackend(str(path), c, providers=["CPUExecutionProvider"], intra_op_threads=threads,
-                                 spin_after_run=spin_after_run).activate()
+    loaded = load_model(model, backend="onnxruntime")
+    c = loaded.contract
+    backend = load_backend(loaded, intra_op_threads=threads, spin_after_run=spin_after_run).activate()
     kind = "fluoroscopy" if c.modality == "fluoroscopy" else "ultrasound"
     image, _ = make_phantom(kind, fps=30, height=c.input.height, width=c.input.width, seed=0).render(0)
     x = {c.input.name: backend.make_preprocessor()(image, "gray").copy()}

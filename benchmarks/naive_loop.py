@@ -8,7 +8,10 @@ That is the honest default of such a loop (ZeroMQ's receive queue is unbounded h
 ``RCVHWM=0``; with the default of 1000 messages it would also silently drop the newest frames once
 full). It publishes overlays in medstream's wire format (``medstream.runtime.wire``) only so the same
 measuring subscriber can read them, and it uses the same ONNX Runtime thread count as
-``medstream run --threads``. It does less per frame than medstream (no contours, no status messages).
+``medstream run --threads``. It does less per frame than medstream (no contours, no status messages). It is the one module outside
+``medstream.runtime.sources`` allowed a SUB socket of its own for frames (listed, with this reason, in
+``tests/architecture/test_frame_ownership.py``): reading through medstream's source would make it
+no longer the loop a user writes without medstream.
 
 Run: ``python -m medstream.benchmarks.naive_loop --model M.onnx --source tcp://127.0.0.1:5555
 --publish tcp://127.0.0.1:5556 --threads 1``; stop with SIGTERM (prints a JSON summary).

@@ -1,6 +1,6 @@
 """Benchmark report: JSON with the full environment, a Markdown table and PNG plots.
 
-A latency number without its machine is meaningless, so the JSON records CPU model and cores, the
+A latency number without its machine is meaningless, so the JSON records CPU model, cores and flags, the
 load average when the run started (a busy machine shows in the tail), GPU and driver when present,
 library versions, ONNX Runtime threads, and on a Jetson the power mode and clocks.
 """
@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import glob
 import json
 import os
-import platform
-import shutil
-import subprocess
-from importlib import metadata
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from medstream.runtime.machine import MachineFacts, machine_facts, package_version
 
 SCHEMA = "medstream.bench/1"
 ORDER = ("floor", "transport", "pipeline", "glass", "overload", "naive", "naive_overload", "streams")
@@ -31,93 +29,54 @@ OVERLOAD_THROUGHPUT_FRACTION = 0.9
 
 
 # ------------------------------------------------------------------------------------ environment
-def _run(cmd: list[str], timeout: float = 5.0) -> str | None:
-    if shutil.which(cmd[0]) is None:
+def _gpu_line(facts: MachineFacts) -> str | None:
+    """One line per GPU: name, driver, memory, SM clock (``None`` without an NVIDIA GPU)."""
+    if not facts.gpu.gpus:
         return None
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware")):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _read(path: str) -> str | None:
-    with contextlib.suppress(OSError):
-        return Path(path).read_text().strip()
-    return None
-
-
-def jetson_info() -> dict[str, Any] | None:
-    """Power mode and clocks on a Jetson (``None`` elsewhere): they change latency by 2-3x."""
-    release = _read("/etc/nv_tegra_release")
-    if release is None:
-        return None
-    cpu_freq = {Path(p).parts[-3]: _read(p) for p in sorted(glob.glob("/sys/devices/system/cpu/cpu*/cpufreq/scaling_cur_freq"))}
-    gpu_freq = {p: _read(p) for p in glob.glob("/sys/devices/*gpu*/devfreq/*/cur_freq") + glob.glob("/sys/devices/platform/*gpu*/devfreq/*/cur_freq")}
-    return {"l4t_release": release.splitlines()[0], "power_mode": _run(["nvpmodel", "-q"]),
-            "cpu_freq_khz": cpu_freq, "gpu_freq_hz": gpu_freq, "jetson_clocks": _run(["jetson_clocks", "--show"])}
+    return "; ".join(f"{g.name}, driver {facts.gpu.driver}, {g.memory_mib} MiB"
+                     + (f", SM {g.sm_clock_mhz} MHz" if g.sm_clock_mhz is not None else "") for g in facts.gpu.gpus)
 
 
 def environment(threads: int | None = None) -> dict[str, Any]:
-    """Everything about this machine that changes a latency figure."""
+    """Everything about this machine that changes a latency figure.
+
+    The machine's facts come from :func:`medstream.runtime.machine.machine_facts` (the one place
+    they are gathered); what is added here belongs to this run: the load average at its start, the
+    git commit, the versions of the libraries on the latency path and the ONNX Runtime threads.
+    """
     import numpy
     import zmq
 
-    from medstream.runtime.version import __version__, git_commit
+    from medstream.runtime.version import git_commit
 
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = os.cpu_count()
-    gpu = _run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.sm", "--format=csv,noheader"])
+    facts = machine_facts()
     cv2_version = None
     with contextlib.suppress(ImportError):
         import cv2
 
         cv2_version = cv2.__version__
-    ort_providers = None
-    with contextlib.suppress(ImportError):
-        import onnxruntime as ort
-
-        ort_providers = ort.get_available_providers()
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    mem = None
-    with contextlib.suppress(ImportError):
-        import psutil
-
-        mem = round(psutil.virtual_memory().total / 2**30, 1)
+    jetson = asdict(facts.jetson) if facts.jetson is not None else None
     return {
-        "hostname": platform.node(),
-        "os": platform.platform(),
-        "cpu_model": _cpu_model(),
-        "cpu_cores_logical": os.cpu_count(),
-        "cpu_cores_usable": affinity,
-        "memory_gb": mem,
+        "hostname": facts.hostname,
+        "os": facts.platform,
+        "cpu_model": facts.cpu.model,
+        "cpu_cores_logical": facts.cpu.cores,
+        "cpu_cores_usable": facts.cpu.usable_cores,
+        "cpu_flags": list(facts.cpu.flags),
+        "memory_gb": facts.memory_gib,
         "load_average_at_start": [round(x, 2) for x in load] if load else None,
-        "gpu": gpu,
-        "jetson": jetson_info(),
-        "python": platform.python_version(),
-        "medstream": __version__,
+        "gpu": _gpu_line(facts),
+        "jetson": jetson,
+        "python": facts.python,
+        "medstream": facts.medstream,
         "git_commit": git_commit(),
-        "libraries": {"numpy": numpy.__version__, "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
+        "libraries": {"numpy": numpy.__version__, "onnxruntime": facts.onnxruntime.version,
                       "pyzmq": zmq.__version__, "libzmq": zmq.zmq_version(), "opencv": cv2_version,
-                      "hdrhistogram": _version("hdrhistogram"), "psutil": _version("psutil"),
-                      "matplotlib": _version("matplotlib"), "tensorrt": _version("tensorrt")},
-        "onnxruntime_providers": ort_providers,
+                      "hdrhistogram": package_version("hdrhistogram"), "psutil": package_version("psutil"),
+                      "matplotlib": package_version("matplotlib"),
+                      "tensorrt": facts.tensorrt.full or facts.tensorrt.lean},
+        "onnxruntime_providers": list(facts.onnxruntime.providers) if facts.onnxruntime.version else None,
         "onnxruntime_intra_op_threads": threads,
     }
 

@@ -67,9 +67,9 @@ class Settings:
     @property
     def contract(self):
         if "contract" not in self.cache:
-            from medstream.runtime.contract import read_contract
+            from medstream.runtime.models.loader import read_model_contract
 
-            self.cache["contract"] = read_contract(self.model_path)
+            self.cache["contract"] = read_model_contract(self.model_path)
         return self.cache["contract"]
 
     @property
@@ -114,11 +114,12 @@ def floor(s: Settings, runs: int | None = None, duration_s: float | None = None)
     # time at the same rate), so each round weighs the same when pooled; the time limit only guards a
     # machine far slower than expected.
     duration_s = duration_s or (s.duration_s if s.rounds <= 1 else max(4 * s.duration_s, 30.0))
-    from medstream.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from medstream.runtime.backends import load_backend
+    from medstream.runtime.models.loader import load_model
     from medstream.runtime.phantom import make_phantom
 
     c = s.contract
-    backend = OnnxRuntimeBackend(str(s.model_path), c, providers=["CPUExecutionProvider"], intra_op_threads=s.threads)
+    backend = load_backend(load_model(s.model_path, backend="onnxruntime"), intra_op_threads=s.threads)
     backend.activate()
     pre = backend.make_preprocessor()
     image, _ = make_phantom(s.sim_kind, fps=30, height=c.input.height, width=c.input.width, seed=0).render(0)
@@ -172,9 +173,9 @@ def over_rate(s: Settings) -> float:
 # --------------------------------------------------------------------------------------- pipeline
 def pipeline(s: Settings) -> dict[str, Any]:
     """The runtime in-process: synthetic source (under capacity) -> preprocess -> infer -> postprocess."""
-    from medstream.runtime.app import build_pipeline
     from medstream.runtime.config import load_config
     from medstream.runtime.observers import PipelineObserver
+    from medstream.runtime.stream import build_stream
 
     rate = under_rate(s)
     h, w = s.frame_hw
@@ -201,12 +202,9 @@ def pipeline(s: Settings) -> dict[str, Any]:
                              "model": str(s.model_path), "backend": "onnxruntime", "threads": s.threads,
                              "publish": f"tcp://127.0.0.1:{harness.free_port()}",
                              "inject": {"delay_ms": dict(s.inject_delay_ms)}})
-    pipe = build_pipeline(cfg, observers=[rec])
-    try:
+    with build_stream(cfg, observers=[rec]) as pipe:
         pipe.prepare()
         summary = pipe.run(duration_s=s.duration_s)
-    finally:
-        pipe.publisher.close()
     stages = {k: figures(hh) for k, hh in rec.hists.items()}
     total = rec.hists.get("total")
     c = summary["counters"]

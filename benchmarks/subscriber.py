@@ -26,7 +26,6 @@ synthetic timestamps:
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import time
@@ -254,11 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = analyse(samples, expected_interval_ms=args.interval_ms, warmup_s=args.warmup_s, warmup_frames=args.warmup_frames)
     result["last_status"] = statuses[-1] if statuses else None
     result["samples"] = {"seq": [s.seq for s in samples], "age_ms": [round(s.age_ms, 4) for s in samples]}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result))
-    tmp.replace(out)
+    from medstream.runtime.files import write_json_atomic
+
+    write_json_atomic(Path(args.out), result, indent=None)
     return 0
 
 

@@ -21,12 +21,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from medstream.calibration.stats import STATS_FORMAT, ActivationStats
-from medstream.runtime.files import publish
+from medstream.runtime.files import atomic_path
 from medstream.runtime.files import sha256_file as file_sha256
 
 log = logging.getLogger("medstream.calibration")
@@ -80,15 +79,8 @@ class CalibrationCache:
         if path is None:
             return None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".stats-", suffix=".npz")
-            os.close(fd)
-            try:
-                stats.save(Path(tmp))
-                publish(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic_path(path, suffix=".npz") as tmp:  # numpy.savez would append .npz to any other name
+                stats.save(tmp)
         except OSError as exc:
             log.warning("could not write the calibration cache %s (%s); the next run will recalibrate", path, exc)
             return None

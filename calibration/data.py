@@ -1,7 +1,7 @@
 """Calibration frames: read from any medstream source, preprocessed exactly as the runtime does.
 
-``--data`` takes what ``medstream run --source`` takes, through the same
-:func:`medstream.runtime.sources.open_source`:
+``--data`` takes what ``medstream run --source`` takes; the frames are read by the sources' offline
+reader, :func:`medstream.runtime.sources.read_frames` (this module opens no file or socket itself):
 
 * ``synthetic://ultrasound?seed=3`` (the phantom; ``fps=0`` is added so it is not paced in real time;
   ``scenes=K`` spreads the frames over seeds ``seed .. seed+K-1``, as in evaluation);
@@ -22,59 +22,41 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 
 from medstream.runtime.contract import ModelContract
-from medstream.runtime.errors import ConfigError, SourceEnded, SourceError
+from medstream.runtime.errors import ConfigError
 from medstream.runtime.preprocess import Preprocessor
-from medstream.runtime.sources import open_source, parse_uri
+from medstream.runtime.sources import parse_uri, read_frames
+from medstream.runtime.sources.reading import REPRODUCIBLE_SCHEMES, offline_uri
+from medstream.runtime.sources.synthetic import scene_uris, split_frames
 from medstream.runtime.wire import WireError
 
 log = logging.getLogger("medstream.calibration")
-
-#: Sources whose frames are the same every time they are read: safe to cache statistics for.
-_REPRODUCIBLE = ("synthetic", "file")
-TRUTH_SUFFIX = ".truth.npy"
 
 
 def normalize_uri(uri: str) -> str:
     """The URI to open: bare paths become ``file://`` URIs, and replay runs unpaced (``fps=0``).
 
-    A recorded folder replays at 30 fps by default and the phantom at its frame rate; calibration
-    wants the frames as fast as they can be read, so ``fps=0`` is set unless the user gave one.
+    The rule is the sources' (:func:`medstream.runtime.sources.reading.offline_uri`); the result is
+    also the cache key's name for the data.
     """
-    parsed = parse_uri(uri)
-    if "://" not in uri:
-        path = Path(uri).expanduser().resolve()
-        return f"file://{quote(str(path))}?fps=0"
-    if parsed.scheme in ("synthetic", "file") and "fps" not in parsed.params:
-        return f"{uri}{'&' if '?' in uri else '?'}fps=0"
-    return uri
+    return offline_uri(uri)
 
 
 def expand_scenes(uri: str) -> list[str]:
     """``synthetic://KIND?seed=S&scenes=K`` -> K URIs with seeds S .. S+K-1 (one phantom anatomy each).
 
-    The same convention as the evaluation oracle's ``scenes=``: calibration frames spread over
-    several anatomies, gains and probes describe the deployment better than 200 frames of one.
+    The synthetic source's own rule (:func:`medstream.runtime.sources.synthetic.scene_uris`): calibration
+    frames spread over several anatomies, gains and probes describe the deployment better than 200
+    frames of one, and one URI per scene keeps the cache key's description exact.
     """
-    parsed = parse_uri(uri)
-    if parsed.scheme != "synthetic" or "scenes" not in parsed.params:
-        return [uri]
-    scenes = parsed.param("scenes", 1, int)
-    if scenes < 1:
-        raise ConfigError(f"{uri}: scenes must be >= 1", "use scenes=8 for eight phantom anatomies")
-    seed = parsed.param("seed", 0, int)
-    rest = [f"{k}={v}" for k, v in parsed.params.items() if k not in ("scenes", "seed")]
-    base = f"synthetic://{parsed.netloc or parsed.path.strip('/')}"
-    return [f"{base}?{'&'.join([f'seed={seed + i}', *rest])}" for i in range(scenes)]
+    return scene_uris(uri)
 
 
 def _local_path(uri: str) -> Path | None:
@@ -134,7 +116,7 @@ class CalibrationData:
     @property
     def cacheable(self) -> bool:
         """True when reading the same URIs again gives the same frames (not a live stream)."""
-        return all(parse_uri(u).scheme in _REPRODUCIBLE for u in self.opened)
+        return all(parse_uri(u).scheme in REPRODUCIBLE_SCHEMES for u in self.opened)
 
     @property
     def description(self) -> dict[str, Any]:
@@ -157,7 +139,7 @@ class CalibrationData:
         """Yield preprocessed model inputs (batch 1, fresh arrays), at most ``frames`` of them."""
         pre = Preprocessor(self.contract, roi=self.roi)
         n = len(self.opened)
-        quotas = [self.frames // n + (1 if i < self.frames % n else 0) for i in range(n)]
+        quotas = split_frames(self.frames, n)
         for uri, quota in zip(self.opened, quotas, strict=True):
             for image, color in self._read(uri, quota):
                 self.reads += 1
@@ -166,45 +148,13 @@ class CalibrationData:
     def _read(self, uri: str, quota: int) -> Iterator[tuple[np.ndarray, str]]:
         if quota <= 0:
             return
-        source = open_source(uri)
-        _skip_truth_files(source)
-        source.open()
-        try:
-            got = 0
-            last = time.monotonic()
-            while got < quota:
-                try:
-                    frame = source.read(timeout=0.5)
-                except SourceEnded:
-                    break
-                except WireError as exc:
-                    self.skipped += 1
-                    log.warning("calibration data %s: skipped a frame (%s: %s)", uri, exc.reason, exc)
-                    continue
-                if frame is None:
-                    if time.monotonic() - last > self.read_timeout_s:
-                        raise SourceError(f"calibration source {uri} sent no frame for {self.read_timeout_s:.0f} s",
-                                          "check the stream is running, or record it first with 'medstream record'")
-                    continue
-                last = time.monotonic()
-                got += 1
-                yield frame.image, frame.color_order
-        finally:
-            source.close()
+        for frame in read_frames(uri, quota, on_invalid=lambda exc: self._skip(uri, exc),
+                                 read_timeout_s=self.read_timeout_s):
+            yield frame.image, frame.color_order
 
-
-def _skip_truth_files(source: Any) -> None:
-    """Leave ``NNNNNNNN.truth.npy`` masks of a recorded folder out of the frames to read.
-
-    ``medstream record`` stores ground-truth masks beside the frames; they are class maps, not
-    images, and would skew the statistics if read as frames.
-    """
-    items = getattr(source, "items", None)
-    if isinstance(items, list) and any(str(p).endswith(TRUTH_SUFFIX) for p in items):
-        source.items = [p for p in items if not str(p).endswith(TRUTH_SUFFIX)]
-        if not source.items:
-            raise ConfigError(f"{source.uri.raw} holds only ground-truth masks, no frames",
-                              "point --data at the folder of recorded frames")
+    def _skip(self, uri: str, exc: WireError) -> None:
+        self.skipped += 1
+        log.warning("calibration data %s: skipped a frame (%s: %s)", uri, exc.reason, exc)
 
 
 def default_eval_uri(data_uris: Sequence[str], frames: int) -> str | None:

@@ -36,9 +36,10 @@ from medstream.calibration.gate import DEFAULT_MAX_DICE_DROP, EvalSet, Gate, Gat
 from medstream.calibration.stats import DEFAULT_PERCENTILE, METHODS, ActivationStats, collect_statistics
 from medstream.calibration.trt_cache import DEFAULT_TRT_VERSION, write_cache
 from medstream.calibration.validator import validate_model
-from medstream.runtime.contract import ModelContract, read_contract, resolve_contract
+from medstream.runtime.contract import ModelContract
 from medstream.runtime.errors import ConfigError, MedstreamError
 from medstream.runtime.files import write_text_atomic
+from medstream.runtime.models.loader import read_model_contract
 
 log = logging.getLogger("medstream.calibration")
 
@@ -290,10 +291,7 @@ def calibrate(req: CalibrateRequest, data: CalibrationData | None = None) -> Cal
     method = req.method or q.DEFAULT_METHOD
     if method not in METHODS:
         raise ConfigError(f"unknown calibration method {method!r}", f"use one of: {', '.join(METHODS)}")
-    if not Path(req.model).is_file():
-        raise ConfigError(f"model file {req.model} does not exist", "check --model")
-    embedded = read_contract(str(req.model))
-    contract = resolve_contract(embedded, req.contract_overrides, str(req.model))
+    contract = read_model_contract(Path(req.model), req.contract_overrides)
     if contract.task != "segmentation":
         raise ConfigError(f"model {req.model} is a {contract.task} model; the accuracy gate scores segmentation",
                           "calibrate a segmentation model")
@@ -332,7 +330,7 @@ def calibrate(req: CalibrateRequest, data: CalibrationData | None = None) -> Cal
             result.sensitivity = run.sensitivity_report
             result.advice = _advice(req, method, run.sensitivity_report)
         else:
-            _write_outputs(run, result, chosen, embedded is not None or req.contract_overrides is not None)
+            _write_outputs(run, result, chosen, True)  # a contract is always known here (read_model_contract)
             if req.latency_runs > 0:
                 result.latency_ms = _latency(run, chosen, eval_set)
         _write_report(req, result)

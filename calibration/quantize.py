@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,7 +40,7 @@ import numpy as np
 
 from medstream.runtime.contract import ModelContract, write_contract
 from medstream.runtime.errors import ModelLoadError
-from medstream.runtime.files import publish
+from medstream.runtime.files import atomic_path
 from medstream.runtime.models import int8_cpu_variant
 
 log = logging.getLogger("medstream.calibration")
@@ -266,14 +264,8 @@ def stamp_metadata(model_path: str | Path, contract: ModelContract | None, quant
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     out_path = Path(out_path)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        publish(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out_path) as tmp:
+        onnx.save(model, str(tmp))
     return out_path
 
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -50,8 +49,10 @@ from typing import Any
 import numpy as np
 
 from medstream.export.model_card import ModelCard, model_card
-from medstream.runtime.contract import ModelContract, read_contract, write_contract
+from medstream.runtime.contract import ModelContract, write_contract
 from medstream.runtime.errors import ContractError, MedstreamError, require
+from medstream.runtime.files import publish
+from medstream.runtime.models.loader import read_model_contract
 
 log = logging.getLogger("medstream.export")
 
@@ -296,7 +297,7 @@ def prove_export(model: Any, onnx_path: str | Path, *, contract: ModelContract |
 
     onnx_path = Path(onnx_path)
     if contract is None:
-        contract = read_contract(onnx_path)
+        contract = read_model_contract(onnx_path, required=False)
     session = make_session(str(onnx_path), ["CPUExecutionProvider"])
     onnx_in = session.get_inputs()[0]
     out_names = [o.name for o in session.get_outputs()]
@@ -543,15 +544,15 @@ def export_model(model: Any, out_path: str | Path, spec: ExportSpec,
                              n_random=spec.proof_random, n_frames=spec.proof_frames)
     except ExportError as exc:
         rejected = out_path.with_name(out_path.stem + ".rejected.onnx")
-        os.replace(tmp, rejected)
+        publish(tmp, rejected)
         raise ExportError(exc.what, f"{exc.fix}. The rejected file was kept at {rejected} for inspection") from None
     except MedstreamError:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, out_path)
+    publish(tmp, out_path)
     card = model_card(out_path, torch_parameters=torch_parameters)
     card.notes.extend(notes)
-    if read_contract(out_path) != contract:  # the file on disk must carry exactly what was proven
+    if read_model_contract(out_path) != contract:  # the file on disk must carry exactly what was proven
         raise ContractError(f"the contract read back from {out_path} differs from the one written",
                             "the file was changed during export; export again")
     return ExportResult(out_path, contract, proof, card, notes)

@@ -20,7 +20,7 @@ from hdrh.histogram import HdrHistogram
 SUPERSEDED = "superseded"        # a newer frame arrived before the worker took this one
 INVALID = "invalid"              # malformed message or frame that does not fit the model contract
 BACKEND_ERROR = "backend_error"  # inference raised for this frame
-STALE = "stale"                  # older than max_age_ms when the worker got to it
+STALE = "stale"                  # older than max_age_ms when the worker got to it, or when its overlay was ready
 SHUTDOWN = "shutdown"            # waiting in the mailbox when the pipeline stopped
 POSTPROCESS_ERROR = "postprocess_error"
 
@@ -75,6 +75,7 @@ class FrameAccounting:
         self._last_seq: dict[str, int] = {}
         self.dropped: Counter[str] = Counter()
         self.invalid_by_reason: Counter[str] = Counter()
+        self.stale_at_publish = 0  # of dropped['stale']: fresh when work started, too old once the overlay was ready
         self.latency: dict[str, LatencyStats] = {}
 
     # ---- events, one call per frame outcome
@@ -100,6 +101,12 @@ class FrameAccounting:
             self.dropped[reason] += n
             if detail is not None:
                 self.invalid_by_reason[detail] += n
+
+    def on_stale_at_publish(self) -> None:
+        """A frame whose overlay was ready only after ``max_age_ms``: dropped as ``stale``, never published."""
+        with self._lock:
+            self.dropped[STALE] += 1
+            self.stale_at_publish += 1
 
     def on_processed(self) -> None:
         with self._lock:
@@ -138,6 +145,7 @@ class FrameAccounting:
                 "dropped": dropped,
                 "dropped_total": sum(dropped.values()),
                 "invalid_by_reason": dict(self.invalid_by_reason),
+                "stale_at_publish": self.stale_at_publish,
                 "in_flight": self.received - self.processed - sum(dropped.values()),
             }
 

@@ -1,12 +1,29 @@
-"""Run configuration: one validated object, from YAML and/or the command line.
+"""Run configuration: one validated object in sections that read like the flow, from YAML and/or flags.
+
+::
+
+    source:   where frames come from (URI, stream name, stall detection, the region the model sees)
+    model:    the model file, the backend and how it runs
+    publish:  where overlays and status go, and how old an overlay may be
+    service:  Prometheus metrics
+    run:      how long to run and where the summary goes
+    security: CURVE (docs/SECURITY.md)
+    inject:   fault/delay injection (tests and benchmarks only)
+
+Files written for the first release used flat keys (``source: URI``, ``threads: 2``,
+``publish: tcp://...``); they keep working: every flat key maps to one field of a section
+(:data:`FLAT_KEYS`), and errors name the key as the file wrote it. Command-line flags arrive as flat
+keys through the same map.
 
 Unknown keys are refused with the key named (a typo in a procedure-room config must not be silently
 ignored), and every value is checked before anything starts: sockets are not bound, models not loaded,
-until the whole configuration is known to be valid.
+until the whole configuration is known to be valid. docs/CONFIG.md is generated from these models
+(``python -m medstream.runtime.config --markdown``) and a test keeps it in step.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +41,92 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class SourceSection(_Strict):
+    """Where frames come from (README "Sources" lists the URIs)."""
+
+    uri: str = Field(default=DEFAULT_SOURCE, description="source URI: synthetic://ultrasound, zmq+tcp://HOST:PORT, "
+                     "file://clip.mp4, v4l2:///dev/video0, gst://PIPELINE")
+    id: str | None = Field(default=None, description="stream name carried in every message (default: from the source)")
+    stall_timeout_s: float = Field(default=1.0, gt=0, le=60, description="no frame for this long: status says 'stalled'")
+    roi: tuple[int, int, int, int] | None = Field(
+        default=None, description="[x, y, w, h] in frame pixels: the part of each frame the model sees (e.g. the "
+        "B-mode area of a screen grab); overlays stay in full-frame coordinates")
+
+    @field_validator("roi")
+    @classmethod
+    def _roi(cls, v: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+        if v is not None:
+            x, y, w, h = v
+            if x < 0 or y < 0 or w <= 0 or h <= 0:
+                raise ValueError(f"must be [x, y, w, h] with x, y >= 0 and w, h > 0 (got {list(v)})")
+        return v
+
+
+class ModelSection(_Strict):
+    """The model and how it runs (docs/MODEL_CONTRACT.md for ``contract``)."""
+
+    file: str = Field(default=DEFAULT_MODEL, description="bundled name (ultrasound, fluoroscopy) or path to an "
+                      ".onnx file, or a .engine built by 'medstream build'")
+    backend: Literal["auto", "onnxruntime", "onnxruntime-cuda", "tensorrt"] = Field(
+        default="auto", description="auto picks TensorRT, then ONNX Runtime CUDA, then the CPU ('medstream doctor' says why)")
+    threads: int | None = Field(default=None, gt=0, le=256, description="inference threads (ONNX Runtime intra-op; "
+                                "default: every usable core)")
+    spin_after_run: bool = Field(default=False, description="keep ONNX Runtime's threads spinning between frames "
+                                 "(default off: they stop when each inference returns and leave the cores to the stream)")
+    warmup_runs: int = Field(default=3, ge=0, le=100, description="inferences on zeros before the first frame")
+    engine_cache: str | None = Field(default=None, description="TensorRT engine cache folder "
+                                     "(default ~/.cache/medstream/engines)")
+    no_build: bool = Field(default=False, description="TensorRT: refuse to build a missing engine")
+    contract: dict[str, Any] | None = Field(default=None, description="fills in or overrides the model's "
+                                            "embedded contract (docs/MODEL_CONTRACT.md)")
+
+
+class PublishSection(_Strict):
+    """Where overlays and status go."""
+
+    endpoints: list[str] = Field(default_factory=lambda: [DEFAULT_PUBLISH], min_length=1, description=
+                                 "where overlays and status go, one sink each: a ZeroMQ endpoint the PUB socket "
+                                 "binds (tcp://, ipc://); a single endpoint may be given as text")
+    send_hwm: int = Field(default=4, ge=1, le=10_000, description="overlays queued per slow subscriber before the "
+                          "oldest are dropped")
+    status_interval_s: float = Field(default=1.0, gt=0, le=1.0, description="status message period (at most 1 s)")
+    max_age_ms: float | None = Field(default=None, gt=0, description="drop frames older than this (capture to "
+                                     "start of work) instead of processing them")
+    render_rgba: bool = Field(default=False, description="add an RGBA render of the mask to each overlay")
+
+    @field_validator("endpoints", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, v: list[str]) -> list[str]:
+        from medstream.runtime.sinks import check_endpoint
+
+        for endpoint in v:
+            check_endpoint(endpoint)
+        if len(set(v)) != len(v):
+            raise ValueError(f"lists an endpoint twice: {v}")
+        return v
+
+
+class ServiceSection(_Strict):
+    """Running as a service (systemd/README.md)."""
+
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, description="serve Prometheus metrics on this "
+                                     "port (off by default)")
+    metrics_host: str = Field(default="127.0.0.1", description="address of the metrics endpoint")
+
+
+class RunSection(_Strict):
+    """How long to run, and what to leave behind."""
+
+    max_frames: int | None = Field(default=None, gt=0, description="stop after receiving N frames")
+    duration: float | None = Field(default=None, gt=0, description="stop after S seconds")
+    summary: str | None = Field(default=None, description="write a JSON summary (counters, latency) here at exit")
+
+
 class InjectConfig(_Strict):
     """Fault and delay injection, for the benchmark harness and the fault-matrix tests only.
 
@@ -32,10 +135,11 @@ class InjectConfig(_Strict):
     Never set in production; the start-up log line says when it is.
     """
 
-    delay_ms: dict[Literal["preprocess", "infer", "postprocess", "publish"], float] = Field(default_factory=dict)
-    error_every: int | None = Field(default=None, gt=0)
-    hang_at_seq: int | None = Field(default=None, ge=0)
-    hang_s: float = Field(default=0.0, ge=0)
+    delay_ms: dict[Literal["preprocess", "infer", "postprocess", "publish"], float] = Field(
+        default_factory=dict, description="sleep added to a stage, in ms")
+    error_every: int | None = Field(default=None, gt=0, description="every N-th inference raises")
+    hang_at_seq: int | None = Field(default=None, ge=0, description="the inference of this frame blocks for hang_s")
+    hang_s: float = Field(default=0.0, ge=0, description="how long hang_at_seq blocks")
 
     @property
     def active(self) -> bool:
@@ -53,62 +157,89 @@ class SecurityConfig(_Strict):
     refused unless ``allow_insecure_remote`` is true.
     """
 
-    curve: bool = False
+    curve: bool = Field(default=False, description="encrypt and authenticate every socket (ZeroMQ CURVE)")
     server_secret_key: str | None = Field(default=None, description="our publisher's NAME.key_secret file")
     allowed_clients_dir: str | None = Field(default=None, description="folder of permitted clients' NAME.key files")
     allowed_client_keys: list[str] = Field(default_factory=list, description="permitted client keys: files or Z85 text")
     client_secret_key: str | None = Field(default=None, description="our key pair as a client of the frame sender")
     frames_server_key: str | None = Field(default=None, description="the frame sender's public key: file or Z85 text")
-    allow_insecure_remote: bool = False
+    allow_insecure_remote: bool = Field(default=False, description="allow a non-loopback bind without CURVE "
+                                        "(isolated networks only)")
 
 
 class RunConfig(_Strict):
-    """Everything ``medstream run`` needs (see docs/CONFIG.md for each key)."""
+    """Everything ``medstream run`` needs, in the order frames flow (docs/CONFIG.md lists each key)."""
 
-    source: str = DEFAULT_SOURCE
-    source_id: str | None = None
-    model: str = DEFAULT_MODEL
-    backend: Literal["auto", "onnxruntime", "onnxruntime-cuda", "tensorrt"] = "auto"
-    publish: str = DEFAULT_PUBLISH
-    threads: int | None = Field(default=None, gt=0, le=256, description="inference threads (ONNX Runtime intra-op)")
-    spin_after_run: bool = Field(default=False, description="keep ONNX Runtime's threads spinning between frames "
-                                 "(default off: they stop when each inference returns and leave the cores to the stream)")
-    max_frames: int | None = Field(default=None, gt=0)
-    duration: float | None = Field(default=None, gt=0)
-    summary: str | None = None
-    max_age_ms: float | None = Field(default=None, gt=0, description="drop frames older than this when the worker takes them")
-    render_rgba: bool = False
-    roi: tuple[int, int, int, int] | None = None
-    contract: dict[str, Any] | None = None
-    status_interval_s: float = Field(default=1.0, gt=0, le=1.0)
-    stall_timeout_s: float = Field(default=1.0, gt=0, le=60)
-    send_hwm: int = Field(default=4, ge=1, le=10_000)
-    metrics_port: int | None = Field(default=None, ge=0, le=65535)
-    metrics_host: str = "127.0.0.1"
-    engine_cache: str | None = None
-    no_build: bool = False
-    warmup_runs: int = Field(default=3, ge=0, le=100)
-    inject: InjectConfig = Field(default_factory=InjectConfig)
+    source: SourceSection = Field(default_factory=SourceSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    publish: PublishSection = Field(default_factory=PublishSection)
+    service: ServiceSection = Field(default_factory=ServiceSection)
+    run: RunSection = Field(default_factory=RunSection)
     security: SecurityConfig = Field(default_factory=SecurityConfig)
+    inject: InjectConfig = Field(default_factory=InjectConfig)
 
-    @field_validator("publish")
-    @classmethod
-    def _endpoint(cls, v: str) -> str:
-        if not v.startswith(("tcp://", "ipc://", "inproc://")):
-            raise ValueError("must be a ZeroMQ endpoint such as tcp://127.0.0.1:5556 or ipc:///run/medstream/overlay")
-        return v
+
+#: First-release flat key (and command-line flag name) -> (section, field).
+FLAT_KEYS: dict[str, tuple[str, str]] = {
+    "source": ("source", "uri"), "source_id": ("source", "id"), "stall_timeout_s": ("source", "stall_timeout_s"),
+    "roi": ("source", "roi"),
+    "model": ("model", "file"), "backend": ("model", "backend"), "threads": ("model", "threads"),
+    "spin_after_run": ("model", "spin_after_run"), "warmup_runs": ("model", "warmup_runs"),
+    "engine_cache": ("model", "engine_cache"), "no_build": ("model", "no_build"), "contract": ("model", "contract"),
+    "publish": ("publish", "endpoints"), "send_hwm": ("publish", "send_hwm"),
+    "status_interval_s": ("publish", "status_interval_s"), "max_age_ms": ("publish", "max_age_ms"),
+    "render_rgba": ("publish", "render_rgba"),
+    "metrics_port": ("service", "metrics_port"), "metrics_host": ("service", "metrics_host"),
+    "max_frames": ("run", "max_frames"), "duration": ("run", "duration"), "summary": ("run", "summary"),
+}
+_SECTIONS = tuple(RunConfig.model_fields)
+
+
+def _sectioned(data: dict[str, Any], renamed: dict[tuple[str, str], str]) -> dict[str, Any]:
+    """Move flat keys into their sections (a section given as a mapping stays one). Records renames for errors."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in _SECTIONS and (isinstance(value, dict) or key not in FLAT_KEYS):
+            section = out.setdefault(key, {})
+            if isinstance(section, dict) and isinstance(value, dict):
+                section.update(value)
+            else:
+                out[key] = value
+            continue
+        if key in FLAT_KEYS:
+            section_name, field = FLAT_KEYS[key]
+            section = out.setdefault(section_name, {})
+            if isinstance(section, dict):
+                section[field] = value
+                renamed[(section_name, field)] = key
+            continue
+        out[key] = value  # unknown: validation names it
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "contract":
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read YAML (optional) and apply command-line overrides (``None`` values are ignored).
 
+    Both may use sections or the flat first-release keys (:data:`FLAT_KEYS`).
+
     Raises
     ------
     ConfigError
-        Naming the file, each offending key and what is wrong with it.
+        Naming the file, each offending key (as written) and what is wrong with it.
     """
     data: dict[str, Any] = {}
     where = "command line"
+    renamed: dict[tuple[str, str], str] = {}
     if path is not None:
         where = str(path)
         p = Path(path)
@@ -123,18 +254,66 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must hold a mapping of keys, not a {type(loaded).__name__}",
                               "see docs/CONFIG.md for an example")
-        data.update(loaded)
+        data = _sectioned(loaded, renamed)
         where = f"config file {p}"
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    data = _merge(data, _sectioned(flags, renamed))
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"]) or "(root)"
+            loc = [str(p) for p in err["loc"]]
+            key = ".".join(loc) or "(root)"
+            if len(loc) >= 2 and (loc[0], loc[1]) in renamed:
+                key = ".".join([renamed[(loc[0], loc[1])], *loc[2:]])
             if err["type"] == "extra_forbidden":
                 problems.append(f"unknown key '{key}'")
             else:
                 problems.append(f"'{key}': {err['msg']}")
         raise ConfigError(f"{where} is invalid: " + "; ".join(problems),
                           "fix or remove those keys (the valid keys are listed in docs/CONFIG.md); nothing was started") from None
+
+
+# ------------------------------------------------------------------------------------- docs/CONFIG.md
+def _type_name(annotation: Any) -> str:
+    text = str(annotation).replace("typing.", "")
+    for noise in ("<class '", "'>"):
+        text = text.replace(noise, "")
+    return text.replace("NoneType", "null").replace(" | ", " or ")
+
+
+def config_reference_markdown() -> str:
+    """docs/CONFIG.md: every key by section, its type, default and meaning, and a full example."""
+    lines = ["# medstream run configuration", "",
+             "Generated from `runtime/config.py` by `python -m medstream.runtime.config --markdown > docs/CONFIG.md`;",
+             "a test fails when the two differ. `medstream run --config FILE.yaml` reads a file like the example",
+             "below; command-line flags override it; unknown keys are refused. Files with the first release's flat",
+             "keys (`source: URI`, `threads: 2`, `publish: tcp://...`) still load: the table at the end maps them.", ""]
+    example: dict[str, Any] = {}
+    for section, info in RunConfig.model_fields.items():
+        model = info.annotation
+        doc = (model.__doc__ or "").strip().splitlines()[0]
+        lines += [f"## `{section}`: {doc}", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+        example[section] = {}
+        for name, field in model.model_fields.items():
+            default = field.get_default(call_default_factory=True)
+            shown = "null" if default is None else yaml.safe_dump(default, default_flow_style=True).strip()
+            shown = shown.removesuffix("\n...").removesuffix(" ...")
+            lines.append(f"| `{section}.{name}` | `{_type_name(field.annotation)}` | `{shown}` | "
+                         f"{(field.description or '').replace('|', '/')} |")
+            example[section][name] = list(default) if isinstance(default, tuple) else default
+        lines.append("")
+    lines += ["## Full example (the built-in default, written out: `runtime/default.yaml`)", "", "```yaml",
+              yaml.safe_dump(example, sort_keys=False).rstrip(), "```", "",
+              "## First-release flat keys", "", "| flat key / flag | section key |", "| --- | --- |"]
+    lines += [f"| `{flat}` | `{s}.{f}` |" for flat, (s, f) in FLAT_KEYS.items()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover - a generator, checked by tests/runtime/test_config_docs.py
+    if sys.argv[1:] == ["--markdown"]:
+        sys.stdout.write(config_reference_markdown())
+    else:
+        sys.stderr.write("usage: python -m medstream.runtime.config --markdown > docs/CONFIG.md\n")
+        sys.exit(2)

@@ -42,6 +42,11 @@ class BackendError(MedstreamError):
     """Inference failed for one call. The pipeline drops that frame (reason ``backend_error``)."""
 
 
+class BackendUnavailable(BackendError):  # noqa: N818 - named for what the status says
+    """The backend cannot be reached at all (a remote inference server down, a lost GPU): every frame drops as
+    ``backend_error`` and the status says ``backend_state: unreachable`` with the reason, until it is back."""
+
+
 class MissingDependencyError(MedstreamError):
     """An optional dependency (torch, tensorrt, cuda-python, ...) is not installed."""
 

@@ -17,23 +17,24 @@ Dice over the non-background classes.
 
 Data
 ----
-* ``synthetic://ultrasound?seed=10000`` (or ``fluoroscopy``): the phantom, rendered with the same
-  parameters as the ``synthetic://`` source (``width``, ``height``, ``fps``, ``seed``, ``probe``,
-  ``start``), without real-time pacing. Two evaluation-only parameters: ``scenes=K`` spreads the
-  frames over seeds ``seed .. seed+K-1`` (a seed is one anatomy; several give a fairer number), and
-  ``stride=S`` takes every S-th frame. Held-out evaluation uses seeds >= 10000, which training never uses.
+Frames with truth are read by :func:`medstream.runtime.sources.read_labelled_frames` (this module reads
+no file and opens no source itself), so ``--data`` takes:
+
+* ``synthetic://ultrasound?seed=10000`` (or ``fluoroscopy``): the phantom, with every parameter of the
+  ``synthetic://`` source (``width``, ``height``, ``seed``, ``probe``, ``start``...), read unpaced unless
+  ``fps`` is given. ``scenes=K`` spreads the frames over seeds ``seed .. seed+K-1`` (a seed is one
+  anatomy; several give a fairer number), and ``stride=S`` takes every S-th frame. Held-out evaluation
+  uses seeds >= 10000, which training never uses.
 * A folder of frames with truth masks: a ``medstream record`` folder (``NNNNNNNN.npy`` +
   ``NNNNNNNN.truth.npy`` + ``NNNNNNNN.json`` header), ``images/`` + ``masks/`` sub-folders with matching
   file stems, ``NAME.npy`` next to ``NAME_mask.npy`` (``.png`` works too), or ``.npz`` files holding
-  ``image`` and ``mask`` arrays.
+  ``image`` and ``mask`` arrays (:mod:`medstream.runtime.sources.folder_format`).
 * Any other source URI whose frames carry ``truth``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,15 +43,16 @@ from typing import Any
 import cv2
 import numpy as np
 
-from medstream.runtime.contract import ModelContract, read_contract, resolve_contract
-from medstream.runtime.errors import ConfigError, ContractError, ModelLoadError, SourceEnded
+from medstream.runtime.contract import ModelContract
+from medstream.runtime.errors import ConfigError, ContractError
 from medstream.runtime.files import sha256_file as file_sha256
 from medstream.runtime.postprocess import Postprocessor
 from medstream.runtime.preprocess import Preprocessor
-from medstream.runtime.sources.base import parse_uri
-
-IMAGE_SUFFIXES = (".npy", ".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
-MASK_TAGS = ("_mask", ".mask", "-mask", ".truth")  # ".truth": what `medstream record` writes
+from medstream.runtime.sources import read_labelled_frames
+from medstream.runtime.sources.reading import (  # re-exported (training uses them)
+    find_image_mask_pairs,
+    load_pair,
+)
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -86,158 +88,14 @@ def dice_iou_from_confusion(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------ data
-def find_image_mask_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
-    """Pairs ``(image file, mask file)`` in a folder of frames with truth masks, sorted by name.
-
-    Layouts accepted: ``images/`` + ``masks/`` sub-folders with the same stems; or ``NAME.ext`` next to
-    ``NAME_mask.ext`` (also ``NAME.mask.ext``, ``NAME-mask.ext``, and ``NAME.truth.npy`` as written by
-    ``medstream record``); ``.npz`` files holding ``image`` and
-    ``mask`` (paired with themselves). Training on user data (``medstream train --data``) uses the same.
-
-    Raises
-    ------
-    ConfigError
-        The folder does not exist or holds no pairs; the message says which layouts are understood.
-    """
-    root = Path(folder).expanduser()
-    if not root.is_dir():
-        raise ConfigError(f"data folder {root} does not exist", "give a folder of frames with truth masks")
-    pairs: list[tuple[Path, Path]] = []
-    if (root / "images").is_dir() and (root / "masks").is_dir():
-        masks = {p.stem: p for p in (root / "masks").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-        for img in sorted((root / "images").iterdir()):
-            if img.suffix.lower() in IMAGE_SUFFIXES and img.stem in masks:
-                pairs.append((img, masks[img.stem]))
-    else:
-        files = sorted(p for p in root.iterdir() if p.is_file())
-        by_name = {p.name: p for p in files}
-        for f in files:
-            if f.suffix.lower() == ".npz":
-                pairs.append((f, f))
-                continue
-            if f.suffix.lower() not in IMAGE_SUFFIXES or any(f.stem.endswith(tag) for tag in MASK_TAGS):
-                continue
-            for tag in MASK_TAGS:
-                match = next((by_name[f"{f.stem}{tag}{ext}"] for ext in IMAGE_SUFFIXES
-                              if f"{f.stem}{tag}{ext}" in by_name), None)
-                if match is not None:
-                    pairs.append((f, match))
-                    break
-    if not pairs:
-        raise ConfigError(
-            f"no frame/mask pairs found in {root}",
-            "use images/ + masks/ sub-folders with matching names, or NAME.npy beside NAME_mask.npy "
-            "(.png also works), or .npz files with 'image' and 'mask' arrays",
-        )
-    return pairs
-
-
-def load_pair(image_path: Path, mask_path: Path) -> tuple[np.ndarray, np.ndarray, str]:
-    """Load one frame and its truth mask: ``(image, mask uint8 HxW, colour order)``."""
-    if image_path.suffix.lower() == ".npz":
-        with np.load(image_path) as data:
-            key = "mask" if "mask" in data else "truth"
-            if "image" not in data or key not in data:
-                raise ConfigError(f"{image_path} lacks an 'image' or 'mask' array (it has {sorted(data.files)})",
-                                  "save frames with np.savez(path, image=..., mask=...)")
-            image, mask = data["image"], data[key]
-        color = "rgb" if image.ndim == 3 and image.shape[2] == 3 else "gray"
-    else:
-        image = _read_array(image_path)
-        mask = _read_array(mask_path)
-        # OpenCV decodes colour files as BGR; .npy frames are taken as RGB (numpy convention) unless a
-        # `medstream record` header beside them says otherwise.
-        color = "gray" if image.ndim == 2 else ("bgr" if image_path.suffix.lower() != ".npy" else "rgb")
-        header = image_path.with_suffix(".json")
-        if image.ndim == 3 and header.is_file():
-            with contextlib.suppress(OSError, ValueError):
-                color = str(json.loads(header.read_text()).get("color_order", color))
-    if mask.ndim == 3 and mask.shape[2] == 1:
-        mask = mask[:, :, 0]
-    if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer):
-        raise ConfigError(f"truth mask {mask_path} must be a 2-D integer class map, got {mask.dtype} {mask.shape}",
-                          "store masks as HxW uint8 arrays of class ids (0 = background)")
-    if mask.shape != image.shape[:2]:
-        raise ConfigError(f"truth mask {mask_path} is {mask.shape}, its frame {image_path} is {image.shape[:2]}",
-                          "masks must have the frame's height and width")
-    return image, mask.astype(np.uint8, copy=False), color
-
-
-def _read_array(path: Path) -> np.ndarray:
-    if path.suffix.lower() == ".npy":
-        return np.load(path, allow_pickle=False)
-    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if arr is None:
-        raise ConfigError(f"cannot read image file {path}", "check that it is a valid PNG/TIFF/JPEG file")
-    return arr
-
-
 def iter_frames_with_truth(data_uri: str, frames: int) -> Iterator[tuple[np.ndarray, np.ndarray, str]]:
-    """Up to ``frames`` tuples ``(image, truth mask, colour order)`` from a data URI (see module doc)."""
-    if frames <= 0:
-        raise ConfigError(f"frames must be positive, got {frames}", "pass --frames N with N >= 1")
-    uri = parse_uri(data_uri)
-    if uri.scheme == "synthetic":
-        yield from _synthetic_frames(data_uri, frames)
-        return
-    local = Path(uri.path if uri.scheme == "file" else "")
-    if uri.scheme == "file" and local.is_dir():
-        for count, (img, msk) in enumerate(find_image_mask_pairs(local)):
-            if count >= frames:
-                return
-            yield load_pair(img, msk)
-        return
-    from medstream.runtime.sources import open_source
+    """Up to ``frames`` tuples ``(image, truth mask, colour order)`` from a data URI (see module doc).
 
-    source = open_source(data_uri)
-    source.open()
-    try:
-        count = 0
-        while count < frames:
-            try:
-                frame = source.read(timeout=5.0)
-            except SourceEnded:
-                return
-            if frame is None:
-                continue
-            if frame.truth is None:
-                raise ConfigError(f"source {data_uri} gives frames without ground truth",
-                                  "evaluate on synthetic:// frames or on a folder of frames with masks")
-            yield frame.image, frame.truth, frame.color_order
-            count += 1
-    finally:
-        source.close()
-
-
-def _synthetic_frames(data_uri: str, frames: int) -> Iterator[tuple[np.ndarray, np.ndarray, str]]:
-    from medstream.runtime.phantom import make_phantom
-
-    uri = parse_uri(data_uri)
-    kind = (uri.netloc or uri.path.strip("/")).lower()
-    seed = uri.param("seed", 0, int)
-    scenes = max(1, uri.param("scenes", 1, int))
-    stride = max(1, uri.param("stride", 1, int))
-    start = uri.param("start", 0, int)
-    fps = uri.param("fps", 0.0, float)
-    params: dict[str, Any] = {"height": uri.param("height", 256, int), "width": uri.param("width", 256, int)}
-    if fps > 0:
-        params["fps"] = fps
-    if "probe" in uri.params and kind == "ultrasound":
-        params["probe"] = uri.params["probe"]
-    per_scene = math.ceil(frames / scenes)
-    produced = 0
-    for scene in range(scenes):
-        try:
-            phantom = make_phantom(kind, seed=seed + scene, **params)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"cannot build the phantom for {data_uri!r}: {exc}",
-                              "use synthetic://ultrasound or synthetic://fluoroscopy with valid parameters") from None
-        for i in range(per_scene):
-            if produced >= frames:
-                return
-            image, mask = phantom.render(start + i * stride)
-            yield image, mask, "gray"
-            produced += 1
+    The frames come from :func:`medstream.runtime.sources.read_labelled_frames`, the one reader of
+    frames with truth; this only unpacks them.
+    """
+    for frame in read_labelled_frames(data_uri, frames):
+        yield frame.image, frame.truth, frame.color_order
 
 
 def truth_at(mask: np.ndarray, height: int, width: int, roi: tuple[int, int, int, int] | None = None) -> np.ndarray:
@@ -397,20 +255,6 @@ class _Accumulator:
         return out
 
 
-def read_model_contract(path: str | Path) -> ModelContract | None:
-    """The contract embedded in the ONNX file at ``path`` (``None`` when it has none), or a clear error."""
-    file = Path(path)
-    if not file.is_file():
-        raise ModelLoadError(f"model file {file} does not exist", "check --model; bundled models: ultrasound, fluoroscopy")
-    try:
-        return read_contract(file)
-    except ContractError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError and friends
-        raise ModelLoadError(f"model file {file} cannot be read as ONNX: {str(exc)[:200]}",
-                             "the file is corrupt, truncated or not ONNX; re-export it or restore a good copy") from None
-
-
 def evaluate_model(model_path: str | Path, data_uri: str, frames: int, backend: str = "onnxruntime",
                    contract_overrides: dict[str, Any] | None = None, batch: int = 1,
                    roi: tuple[int, int, int, int] | None = None, **backend_options: Any) -> EvaluationReport:
@@ -434,9 +278,10 @@ def evaluate_model(model_path: str | Path, data_uri: str, frames: int, backend: 
         Passed to the backend (e.g. ``intra_op_threads=2``).
     """
     from medstream.runtime.backends import load_backend
+    from medstream.runtime.models.loader import load_model
 
-    path = str(model_path)
-    contract = resolve_contract(read_model_contract(path), contract_overrides, path)
+    loaded = load_model(model_path, contract=contract_overrides, backend=backend)
+    path, contract = str(loaded.path), loaded.contract
     if contract.task != "segmentation":
         raise ContractError(f"model {path} is a {contract.task} model; evaluate scores segmentation models only",
                             "evaluate a segmentation model, or score this one with your own tool")
@@ -444,7 +289,7 @@ def evaluate_model(model_path: str | Path, data_uri: str, frames: int, backend: 
     if batch > 1 and not contract.input.dynamic_batch:
         notes.append(f"batch {batch} asked, but the model's batch axis is static: evaluated one frame at a time")
         batch = 1
-    engine = load_backend(backend, path, contract, **backend_options)
+    engine = load_backend(loaded, **backend_options)
     engine.activate()
     post = Postprocessor(contract)
     acc = _Accumulator(len(contract.classes))
@@ -486,5 +331,5 @@ def evaluate_model(model_path: str | Path, data_uri: str, frames: int, backend: 
 __all__ = [
     "ClassScores", "EvaluationReport", "confusion_from_masks", "dice_iou_from_confusion", "evaluate_model",
     "file_sha256", "find_image_mask_pairs", "iter_eval_batches", "iter_frames_with_truth", "load_pair",
-    "read_model_contract", "truth_at",
+    "truth_at",
 ]

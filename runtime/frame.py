@@ -18,6 +18,20 @@ def now_ns() -> int:
     return time.time_ns()
 
 
+@dataclass(frozen=True, slots=True)
+class ImageGeometry:
+    """Where the image's pixels lie in patient space, when the source knows (OpenIGTLink IMAGE messages do).
+
+    ``spacing`` is mm per pixel along (i, j, k) = (column, row, slice); ``ijk_to_ras`` the 4x4 matrix from
+    pixel indices to RAS millimetres, row-major. Sinks copy it onto what they send (a label map drawn
+    in 3D Slicer lands exactly on its image) and use ``spacing`` for areas in mm^2.
+    """
+
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    ijk_to_ras: tuple[tuple[float, ...], ...] = ((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0),
+                                                 (0.0, 0.0, 1.0, 0.0), (0.0, 0.0, 0.0, 1.0))
+
+
 @dataclass(slots=True)
 class Frame:
     """One captured image.
@@ -47,6 +61,7 @@ class Frame:
     truth: np.ndarray | None = None
     t_receive_ns: int = 0
     color_order: str = "gray"  # gray | bgr | rgb | bgra | rgba
+    geometry: ImageGeometry | None = None  # pixel spacing and placement, when the source knows them
 
 
 @dataclass(slots=True)
@@ -62,7 +77,9 @@ class Overlay:
     """What the pipeline publishes for one frame.
 
     ``mask`` is the class map at the model's resolution; ``frame_size`` is the source frame's
-    ``(height, width)`` so a consumer can scale it. Contours are already in frame coordinates.
+    ``(height, width)`` so a consumer can scale it. With a region of interest (config ``source.roi``)
+    the mask covers only ``mask_roi = (x, y, w, h)`` of the frame: scale it to ``w x h`` and place it at
+    ``(x, y)``; ``None`` means the whole frame. Contours are already in full-frame coordinates.
     """
 
     seq: int
@@ -78,3 +95,5 @@ class Overlay:
     stages_ms: dict[str, float] = field(default_factory=dict)
     t_publish_ns: int = 0
     rgba: np.ndarray | None = None
+    mask_roi: tuple[int, int, int, int] | None = None
+    geometry: ImageGeometry | None = None  # the frame's geometry, copied (in-process sinks only; not on the ZeroMQ wire)

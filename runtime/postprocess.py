@@ -75,9 +75,14 @@ class Postprocessor:
             np.multiply(greater, np.uint8(k), out=step)
             np.maximum(mask, step, out=mask)
 
-    def contours(self, mask: np.ndarray, frame_size: tuple[int, int]) -> list[Contour]:
-        """Outer contours of every foreground class, in frame coordinates ``(x, y)``."""
-        fh, fw = frame_size
+    def contours(self, mask: np.ndarray, frame_size: tuple[int, int],
+                 roi: tuple[int, int, int, int] | None = None) -> list[Contour]:
+        """Outer contours of every foreground class, in full-frame coordinates ``(x, y)``.
+
+        ``roi = (x, y, w, h)``: the mask covers that region of the frame (config ``source.roi``); the
+        points are scaled to it and shifted by its corner, so they land on the source frame.
+        """
+        ox, oy, fw, fh = roi if roi is not None else (0, 0, frame_size[1], frame_size[0])
         mh, mw = mask.shape
         sx, sy = fw / mw, fh / mh
         result: list[Contour] = []
@@ -91,6 +96,8 @@ class Postprocessor:
                 c = cv2.approxPolyDP(c, self.epsilon, True).reshape(-1, 2)
                 if sx != 1.0 or sy != 1.0:
                     c = np.rint((c + 0.5) * (sx, sy) - 0.5).astype(np.int32)
+                if ox or oy:
+                    c = c + np.array((ox, oy), np.int32)
                 result.append(Contour(class_id=class_id, points=c.astype(np.int32, copy=False)))
         return result
 

@@ -1,7 +1,9 @@
 """Record a live frame stream to disk, so calibration and evaluation can use what the scanner really sends.
 
-``medstream record --connect tcp://HOST:PORT --frames N --out DIR`` subscribes to a publisher of
-frames in the wire format (``medstream simulate --publish``, a scanner bridge) and writes, per frame:
+``medstream record --connect tcp://HOST:PORT --frames N --out DIR`` reads frames from a publisher in
+the wire format (``medstream simulate --publish``, a scanner bridge) through the ZeroMQ frame source
+(:class:`medstream.runtime.sources.zmq_source.ZmqSource`, the one reader of frames off a socket) and
+writes, per frame, in the folder format of :mod:`medstream.runtime.sources.folder_format`:
 
 * ``NNNNNNNN.npy``: the pixels exactly as received (``uint8``/``uint16``, ``HxW`` or ``HxWxC``);
 * ``NNNNNNNN.json``: its header: ``seq``, ``t_capture_ns``, ``source_id``, ``color_order``, ``shape``, ``dtype``;
@@ -14,7 +16,7 @@ in the header (gaps there are frames lost before we saw them). The folder replay
 Each file is written to a temporary name in the same folder and renamed into place, the image last,
 so a crash or a full disk never leaves a half-written frame: on ``ENOSPC`` the frame's files are
 removed and :class:`RecordingError` says how many complete frames are on disk. Malformed messages
-are decoded by :func:`medstream.runtime.wire.decode_frame`, counted by reason and skipped.
+(refused by the source with :class:`~medstream.runtime.wire.WireError`) are counted by reason and skipped.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,14 +35,16 @@ from typing import Any
 import numpy as np
 
 from medstream.runtime.errors import ConfigError, MedstreamError, SourceError
+from medstream.runtime.files import atomic_file
 from medstream.runtime.frame import Frame
-from medstream.runtime.security import apply_curve_client
-from medstream.runtime.wire import DEFAULT_LIMITS, FRAME_TOPIC, WireError, WireLimits, decode_frame
+from medstream.runtime.sources import folder_format as fmt
+from medstream.runtime.sources import open_source
+from medstream.runtime.wire import DEFAULT_LIMITS, WireError, WireLimits
 
 log = logging.getLogger("medstream.record")
 
-NAME_DIGITS = 8
-TRUTH_SUFFIX = ".truth.npy"
+#: Recording keeps every frame it can: a deep receive queue, no conflation.
+_RECEIVE_QUEUE = 1000
 
 
 def _default_mode() -> int:
@@ -88,7 +91,7 @@ def zmq_endpoint(text: str) -> str:
     """``tcp://h:p``/``ipc://p`` as given; ``zmq+tcp://``/``zmq+ipc://`` (source URI form) stripped to that."""
     if text.startswith("zmq+"):
         text = text[4:]
-    if not text.startswith(("tcp://", "ipc://", "inproc://")):
+    if not text.startswith(("tcp://", "ipc://")):
         raise ConfigError(f"--connect {text!r} is not a ZeroMQ endpoint",
                           "give the publisher's endpoint, e.g. --connect tcp://127.0.0.1:5555")
     return text
@@ -113,17 +116,17 @@ class FrameWriter:
         self.bytes_written = 0
 
     def path(self, index: int, suffix: str) -> Path:
-        return self.out_dir / f"{index:0{NAME_DIGITS}d}{suffix}"
+        return self.out_dir / fmt.recorded_name(index, suffix)
 
     def write(self, frame: Frame) -> Path:
         """Write one frame; returns the image path. Raises :class:`RecordingError` on a full disk."""
         done: list[Path] = []
-        image_path = self.path(self.index, ".npy")
+        image_path = self.path(self.index, fmt.ARRAY_SUFFIX)
         try:
             if frame.truth is not None:
-                done.append(self._atomic(self.path(self.index, TRUTH_SUFFIX), lambda f: np.save(f, frame.truth)))
+                done.append(self._atomic(self.path(self.index, fmt.TRUTH_SUFFIX), lambda f: np.save(f, frame.truth)))
             header = json.dumps(frame_header(frame), indent=1).encode("utf-8")
-            done.append(self._atomic(self.path(self.index, ".json"), lambda f: f.write(header)))
+            done.append(self._atomic(fmt.header_path(image_path), lambda f: f.write(header)))
             done.append(self._atomic(image_path, lambda f: np.save(f, np.ascontiguousarray(frame.image))))
         except OSError as exc:
             for p in done:
@@ -154,17 +157,10 @@ class FrameWriter:
         return free < needed
 
     def _atomic(self, path: Path, write: Callable[[Any], Any]) -> Path:
-        fd, tmp = tempfile.mkstemp(dir=self.out_dir, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                self.bytes_written += f.tell()
-            os.chmod(tmp, _FILE_MODE)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(path) as f:  # runtime/files.py owns atomic writes (normal permissions, no torn file)
+            write(f)
+            f.flush()
+            self.bytes_written += f.tell()
         return path
 
 
@@ -174,7 +170,7 @@ def prepare_out_dir(out_dir: str | Path) -> Path:
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--out {path} exists and is not a folder", "choose a new folder for the recording")
     path.mkdir(parents=True, exist_ok=True)
-    if any(p.suffix == ".npy" for p in path.iterdir()):
+    if any(p.suffix == fmt.ARRAY_SUFFIX for p in path.iterdir()):
         raise ConfigError(f"--out {path} already holds recorded frames",
                           "record into an empty or new folder (or delete the old recording)")
     return path
@@ -200,48 +196,38 @@ def record(endpoint: str, frames: int, out_dir: str | Path, timeout_s: float = 1
     stop
         Polled between messages; return True to end early (Ctrl-C handling, tests).
     """
-    import zmq
-
     if frames < 1:
         raise ConfigError(f"--frames must be at least 1, got {frames}", "pass --frames N")
     endpoint = zmq_endpoint(endpoint)
     out = prepare_out_dir(out_dir)
     writer = FrameWriter(out)
     summary = RecordingSummary(out_dir=str(out), endpoint=endpoint)
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVHWM, 1000)  # recording keeps every frame it can; no conflation
-    sock.setsockopt(zmq.SUBSCRIBE, FRAME_TOPIC)
-    apply_curve_client(sock, curve)
+    source = open_source(f"zmq+{endpoint}?hwm={_RECEIVE_QUEUE}", source_id="record", curve=curve, limits=limits)
     t0 = time.monotonic()
     try:
-        sock.connect(endpoint)
-    except zmq.ZMQError as exc:
-        sock.close(0)
+        source.open()
+    except SourceError as exc:
         raise ConfigError(f"cannot connect to {endpoint}: {exc}", "check the endpoint (tcp://HOST:PORT)") from None
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
     last = time.monotonic()
     try:
         while summary.frames < frames:
             if stop is not None and stop():
                 break
-            if not poller.poll(100):
+            try:
+                frame = source.read(timeout=0.1)
+            except WireError as exc:
+                last = time.monotonic()
+                summary.malformed[exc.reason] = summary.malformed.get(exc.reason, 0) + 1
+                log.warning("skipped a malformed frame from %s (%s: %s)", endpoint, exc.reason, exc)
+                continue
+            if frame is None:
                 if time.monotonic() - last > timeout_s:
                     raise SourceError(
                         f"no frame from {endpoint} for {timeout_s:.0f} s ({summary.frames} of {frames} recorded)",
                         "check that the publisher is running and bound to that endpoint "
                         "(e.g. medstream simulate --publish tcp://127.0.0.1:5555)")
                 continue
-            parts = sock.recv_multipart(copy=False)
             last = time.monotonic()
-            try:
-                frame = decode_frame([p.buffer for p in parts], limits)
-            except WireError as exc:
-                summary.malformed[exc.reason] = summary.malformed.get(exc.reason, 0) + 1
-                log.warning("skipped a malformed frame from %s (%s: %s)", endpoint, exc.reason, exc)
-                continue
             writer.write(frame)
             if summary.first_seq is None:
                 summary.first_seq = frame.seq
@@ -253,7 +239,7 @@ def record(endpoint: str, frames: int, out_dir: str | Path, timeout_s: float = 1
             if on_frame is not None:
                 on_frame(summary.frames)
     finally:
-        sock.close(0)
+        source.close()
         summary.seconds = time.monotonic() - t0
         summary.bytes_written = writer.bytes_written
     return summary

@@ -38,9 +38,13 @@ def draw_overlay(frame_bgr: np.ndarray | None, overlay: Overlay, latency_ms: flo
     else:
         canvas = frame_bgr[:, :, :3].copy()
     lut = color_lut(overlay.class_colors)
-    colored = lut[cv2.resize(overlay.mask, (fw, fh), interpolation=cv2.INTER_NEAREST)]
+    if canvas.shape[:2] != (fh, fw):  # a frame of another size than the overlay's: draw in overlay space
+        canvas = cv2.resize(canvas, (fw, fh))
+    x, y, w, h = overlay.mask_roi if overlay.mask_roi is not None else (0, 0, fw, fh)
+    colored = lut[cv2.resize(overlay.mask, (w, h), interpolation=cv2.INTER_NEAREST)]
     fg = colored.any(axis=2)
-    canvas[fg] = (canvas[fg] * (1 - alpha) + colored[fg] * alpha).astype(np.uint8)
+    region = canvas[y:y + h, x:x + w]
+    region[fg] = (region[fg] * (1 - alpha) + colored[fg] * alpha).astype(np.uint8)
     for c in overlay.contours:
         color = tuple(int(v) for v in lut[c.class_id])
         cv2.polylines(canvas, [c.points.reshape(-1, 1, 2)], True, color, 1, cv2.LINE_AA)

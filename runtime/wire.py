@@ -35,7 +35,7 @@ OVERLAY_SCHEMA = "medstream.overlay/1"
 STATUS_SCHEMA = "medstream.status/1"
 
 _SOURCE_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
-_COLOR_ORDERS = ("gray", "bgr", "rgb", "bgra", "rgba")
+COLOR_ORDERS = ("gray", "bgr", "rgb", "bgra", "rgba")
 _INT64_MAX = 2**63 - 1
 
 
@@ -154,7 +154,7 @@ def _int_field(header: dict[str, Any], name: str, lo: int = 0, hi: int = _INT64_
     return value
 
 
-def _source_id(header: dict[str, Any]) -> str:
+def source_id_of(header: dict[str, Any]) -> str:
     value = header.get("source_id")
     if not isinstance(value, str) or not _SOURCE_ID.match(value):
         raise WireError("bad_field", f"field 'source_id' must match {_SOURCE_ID.pattern}, got {value!r:.80}")
@@ -232,10 +232,10 @@ def decode_frame(parts: list[Any], limits: WireLimits = DEFAULT_LIMITS) -> Frame
     header = _load_header(parts[1], FRAME_SCHEMA, limits.max_header_bytes)
     seq = _int_field(header, "seq")
     t_capture_ns = _int_field(header, "t_capture_ns")
-    source_id = _source_id(header)
+    source_id = source_id_of(header)
     color_order = header.get("color_order", "gray")
-    if color_order not in _COLOR_ORDERS:
-        raise WireError("bad_field", f"color_order {color_order!r:.20} is not one of {_COLOR_ORDERS}")
+    if color_order not in COLOR_ORDERS:
+        raise WireError("bad_field", f"color_order {color_order!r:.20} is not one of {COLOR_ORDERS}")
     dtype, shape = _array_spec(header, "image", limits, image=True)
     image = _array_from(parts[2], dtype, shape, "image", limits)
     truth = None
@@ -273,6 +273,8 @@ def encode_overlay(overlay: Overlay) -> list[Any]:
         "areas_px": overlay.areas_px,
         "stages_ms": {k: round(v, 4) for k, v in overlay.stages_ms.items()},
     }
+    if overlay.mask_roi is not None:
+        header["mask_roi"] = list(overlay.mask_roi)
     parts: list[Any] = [OVERLAY_TOPIC, None, _array_bytes(overlay.mask), _array_bytes(points)]
     if overlay.rgba is not None:
         header["rgba"] = {"dtype": overlay.rgba.dtype.str, "shape": list(overlay.rgba.shape)}
@@ -320,7 +322,7 @@ def decode_overlay(parts: list[Any], limits: WireLimits = DEFAULT_LIMITS) -> Ove
     seq = _int_field(header, "seq")
     t_capture_ns = _int_field(header, "t_capture_ns")
     t_publish_ns = _int_field(header, "t_publish_ns")
-    source_id = _source_id(header)
+    source_id = source_id_of(header)
     model_id = header.get("model_id", "")
     if not isinstance(model_id, str) or len(model_id) > 128:
         raise WireError("bad_field", "field 'model_id' must be text of at most 128 characters")
@@ -332,6 +334,13 @@ def decode_overlay(parts: list[Any], limits: WireLimits = DEFAULT_LIMITS) -> Ove
             isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= max(limits.max_height, limits.max_width)
             for v in frame_size)):
         raise WireError("bad_field", f"field 'frame_size' must be [H, W] in 1..{max(limits.max_height, limits.max_width)}")
+    mask_roi = header.get("mask_roi")
+    if mask_roi is not None and not (
+            isinstance(mask_roi, list) and len(mask_roi) == 4
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in mask_roi)
+            and mask_roi[0] >= 0 and mask_roi[1] >= 0 and mask_roi[2] >= 1 and mask_roi[3] >= 1
+            and mask_roi[0] + mask_roi[2] <= frame_size[1] and mask_roi[1] + mask_roi[3] <= frame_size[0]):
+        raise WireError("bad_field", "field 'mask_roi' must be [x, y, w, h] inside frame_size")
     counts = header.get("contours", [])
     if not isinstance(counts, list):
         raise WireError("bad_field", "contours must be a list of [class_id, n_points]")
@@ -357,7 +366,7 @@ def decode_overlay(parts: list[Any], limits: WireLimits = DEFAULT_LIMITS) -> Ove
         seq=seq, t_capture_ns=t_capture_ns, source_id=source_id, model_id=model_id,
         class_names=class_names, class_colors=class_colors, mask=mask, frame_size=tuple(frame_size),
         contours=contours, areas_px=_number_map(header, "areas_px"), stages_ms=_number_map(header, "stages_ms"),
-        t_publish_ns=t_publish_ns, rgba=rgba,
+        t_publish_ns=t_publish_ns, rgba=rgba, mask_roi=tuple(mask_roi) if mask_roi is not None else None,
     )
 
 
@@ -381,5 +390,5 @@ def decode_status(parts: list[Any], limits: WireLimits = DEFAULT_LIMITS) -> dict
     header = _load_header(parts[1], STATUS_SCHEMA, limits.max_overlay_header_bytes)
     _int_field(header, "seq")
     _int_field(header, "t_capture_ns")
-    _source_id(header)
+    source_id_of(header)
     return header

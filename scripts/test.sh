@@ -23,6 +23,14 @@ if ! command -v systemd-analyze >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null) \
     || echo "note: could not install systemd; the unit-file check will skip"
 fi
+# The package rules (pyproject.toml [tool.importlinter], docs/ARCHITECTURE.md) before the tests.
+lint-imports --no-cache || { echo "import contracts broken (above): fix the import, or the contract and docs/ARCHITECTURE.md if the design changed" >&2; exit 1; }
+# Debian's Chromium and its driver, for the browser test of the web view (tests/web/test_web_view.py), when
+# we may install them; without them that test skips with a loud reason. Selenium never downloads a browser.
+if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+    || echo "note: could not install chromium/chromium-driver; the browser test will skip"
+fi
 set +e
 python -m pytest "$@"
 rc=$?

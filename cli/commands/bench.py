@@ -48,7 +48,7 @@ def main(args) -> int:
         return 0
     from medstream.benchmarks import report as rep
     from medstream.benchmarks.scenarios import SCENARIOS, Settings, default_threads, run_scenarios
-    from medstream.runtime.app import resolve_model_path
+    from medstream.runtime.models.loader import resolve_model_file
 
     names = args.scenarios or list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
@@ -65,7 +65,7 @@ def main(args) -> int:
     threads = args.threads or default_threads()
     written = []
     for model in models:
-        path = resolve_model_path(model)
+        path = resolve_model_file(model)
         out = Path(args.out) / (Path(model).stem if len(models) > 1 else "") if args.out else results_root / Path(model).stem
         s = Settings(model=model, model_path=path, out_dir=out, duration_s=args.duration, rate=args.rate,
                      overload_rate=args.overload_rate, streams=args.streams, threads=threads, warmup_s=args.warmup,

@@ -29,14 +29,18 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
-    from medstream.runtime.contract import read_contract, resolve_contract
     from medstream.runtime.engine.builder import BuildOptions, require_builder
     from medstream.runtime.engine.cache import DeviceFacts, EngineCache
     from medstream.runtime.engine.resolve import obtain_engine
-    from medstream.runtime.models import bundled_model_path
+    from medstream.runtime.errors import ConfigError
+    from medstream.runtime.models.loader import ENGINE_SUFFIXES, read_model_contract, resolve_model_file
 
-    model = bundled_model_path(args.model)
-    contract = resolve_contract(read_contract(model), None, str(model))
+    model = resolve_model_file(args.model)
+    if model.suffix.lower() in ENGINE_SUFFIXES:
+        raise ConfigError(f"{model} is already a TensorRT engine; 'medstream build' builds engines from ONNX models",
+                          "pass the .onnx model it was built from (or run the engine: medstream run --model "
+                          f"{model} --backend tensorrt)")
+    contract = read_model_contract(model)
     trt = require_builder()  # before touching the GPU: the most common missing piece, with the fix
     facts = DeviceFacts.current(trt)
     cache = EngineCache(args.out)

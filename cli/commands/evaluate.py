@@ -72,15 +72,15 @@ def _thresholds(items: list[str]) -> dict[str, float]:
 
 def main(args) -> int:
     from medstream.runtime.errors import ConfigError
-    from medstream.runtime.evaluation import evaluate_model, read_model_contract
-    from medstream.runtime.models import bundled_model_path
+    from medstream.runtime.evaluation import evaluate_model
+    from medstream.runtime.models.loader import read_model_contract, resolve_model_file
 
-    model = bundled_model_path(args.model)
+    model = resolve_model_file(args.model)
     overrides = load_contract_file(args.contract)
     thresholds = _thresholds(args.min_dice)
     data = args.data
     if data is None:
-        embedded = read_model_contract(model)
+        embedded = read_model_contract(model, required=False)
         modality = (overrides or {}).get("modality") or (embedded.modality if embedded else None)
         if modality not in ("ultrasound", "fluoroscopy"):
             raise ConfigError(f"no --data given and model {model} is not for a phantom modality",

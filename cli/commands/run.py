@@ -24,7 +24,8 @@ def add_arguments(p) -> None:
     p.add_argument("--source-id", help="stream name carried in every message")
     p.add_argument("--model", help="bundled model name (ultrasound, fluoroscopy) or path to an ONNX file")
     p.add_argument("--backend", choices=["auto", "onnxruntime", "onnxruntime-cuda", "tensorrt"])
-    p.add_argument("--publish", help="ZeroMQ endpoint to bind for overlays and status (default tcp://127.0.0.1:5556)")
+    p.add_argument("--publish", action="append", metavar="ENDPOINT",
+                   help="where overlays and status go (default tcp://127.0.0.1:5556); repeat for several outputs")
     p.add_argument("--threads", type=int, help="inference threads (default: all usable cores)")
     p.add_argument("--max-frames", type=int, help="stop after receiving N frames")
     p.add_argument("--duration", type=float, help="stop after S seconds")
@@ -48,25 +49,27 @@ def _security_overrides(args) -> dict:
     """Command-line security flags as a partial ``security`` mapping (merged over the YAML's)."""
     keys = {"curve_secret": "server_secret_key", "curve_allow": "allowed_clients_dir",
             "curve_client_secret": "client_secret_key", "curve_server_key": "frames_server_key"}
-    out = {dst: getattr(args, src, None) for src, dst in keys.items() if getattr(args, src, None)}
-    if out or getattr(args, "curve", None):
+    out = {dst: vars(args)[src] for src, dst in keys.items() if vars(args).get(src)}
+    if out or vars(args).get("curve"):
         out["curve"] = True
-    if getattr(args, "allow_insecure_remote", None):
+    if vars(args).get("allow_insecure_remote"):
         out["allow_insecure_remote"] = True
     return out
 
 
 def main(args) -> int:
-    from medstream.runtime.app import build_pipeline, write_json_atomic
+    from medstream.runtime.files import write_json_atomic
+    from medstream.runtime.service import make_service_hooks
+    from medstream.runtime.stream import build_stream
 
     overrides = {k: getattr(args, k) for k in (
         "source", "source_id", "model", "backend", "publish", "threads", "max_frames", "duration", "summary",
         "max_age_ms", "render_rgba", "metrics_port", "engine_cache", "no_build")}
-    cfg = load_config(args.config, overrides)
     if sec := _security_overrides(args):
-        cfg = load_config(args.config, {**overrides, "security": {**cfg.security.model_dump(), **sec}})
-    observers = _service_observers(cfg)
-    pipeline = build_pipeline(cfg, observers=observers)
+        overrides["security"] = sec
+    cfg = load_config(args.config, overrides)
+    hooks = make_service_hooks(cfg.service)
+    pipeline = build_stream(cfg, observers=hooks.observers, telemetry=hooks.telemetry)
 
     def _stop(signum, _frame):
         log.info("received %s: finishing the current frame and stopping", signal.Signals(signum).name)
@@ -86,29 +89,14 @@ def main(args) -> int:
     signal.signal(signal.SIGTERM, _stop)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, _hup)
-    try:
+    with pipeline:
         pipeline.prepare()
-        summary = pipeline.run(max_frames=cfg.max_frames, duration_s=cfg.duration)
-    finally:
-        pipeline.publisher.close()
-        if hasattr(getattr(pipeline, "security", None), "close"):
-            pipeline.security.close()
-    if cfg.summary:
-        write_json_atomic(cfg.summary, summary)
+        summary = pipeline.run(max_frames=cfg.run.max_frames, duration_s=cfg.run.duration)
+    if cfg.run.summary:
+        write_json_atomic(cfg.run.summary, summary)
     c = summary["counters"]
     lat = summary["latency_ms"].get("total", {})
     print(json.dumps({"received": c["received"], "processed": c["processed"], "published": c["published"],
                       "dropped": c["dropped"], "accounting_ok": summary["accounting_ok"],
                       "latency_ms_p50": lat.get("p50"), "latency_ms_p99": lat.get("p99")}), file=sys.stdout)
     return 0 if summary["accounting_ok"] else 1
-
-
-def _service_observers(cfg) -> list:
-    """systemd notify and Prometheus metrics observers, when available (issue 7's modules)."""
-    observers = []
-    try:
-        from medstream.runtime.service import make_observers
-    except ImportError:
-        return observers
-    observers.extend(make_observers(cfg))
-    return observers

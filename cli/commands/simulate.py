@@ -1,5 +1,8 @@
 """Publish a phantom ultrasound or fluoroscopy stream over ZeroMQ, like a scanner would.
 
+The frames come from the ``synthetic://`` source (:mod:`medstream.runtime.sources.synthetic`) and leave
+through :class:`medstream.runtime.frame_publisher.FramePublisher`; this command only maps its flags.
+
 ``medstream run --source zmq+tcp://127.0.0.1:5555`` subscribes to it. ``--truth`` adds the ground
 truth mask to each frame message as a fourth part so any consumer can score overlays live (the
 runtime ignores it).
@@ -9,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import time
 
 HELP = "publish a synthetic ultrasound/fluoroscopy stream over ZeroMQ"
 log = logging.getLogger("medstream.simulate")
@@ -41,12 +43,10 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
-    import zmq
-
-    from medstream.runtime.errors import ConfigError, SourceEnded
-    from medstream.runtime.security import CurveServer, check_bind_allowed
+    from medstream.runtime.errors import ConfigError
+    from medstream.runtime.frame_publisher import FramePublisher, publish_source
+    from medstream.runtime.security import CurveServer
     from medstream.runtime.sources import open_source
-    from medstream.runtime.wire import encode_frame
 
     rate = args.rate if args.rate is not None else (30.0 if args.kind == "ultrasound" else 15.0)
     if rate < 0:
@@ -65,81 +65,20 @@ def main(args) -> int:
             raise ConfigError("CURVE for simulate needs both --curve-secret and --curve-allow",
                               "give this sender's NAME.key_secret and the folder of allowed receivers' NAME.key files")
         security = CurveServer.from_files(args.curve_secret, args.curve_allow, domain="medstream-simulate")
-    check_bind_allowed(args.publish, encrypted=security is not None, allow_insecure_remote=args.allow_insecure_remote,
-                       what="the simulated frame publisher")
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.XPUB)  # XPUB: we can see subscriptions arrive (for --wait-subscribers)
-    sock.setsockopt(zmq.SNDHWM, 8)
-    sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # report every subscriber, even with the same topic
-    sock.setsockopt(zmq.LINGER, 2000)
-    if security is not None:
-        security.apply_server(sock)
     try:
-        sock.bind(args.publish)
-    except zmq.ZMQError as exc:
-        sock.close(0)
+        publisher = FramePublisher(args.publish, security=security, allow_insecure_remote=args.allow_insecure_remote,
+                                   what="the simulated frame publisher")
+    except BaseException:
         if security is not None:
             security.close()
-        raise ConfigError(f"cannot bind {args.publish}: {exc.strerror}",
-                          "another process uses this port: stop it or pick another --publish") from None
+        raise
     stop = {"flag": False}
-    signal.signal(signal.SIGINT, lambda *_: stop.__setitem__("flag", True))
-    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))
-    _wait_for_subscribers(sock, args.wait_subscribers, args.wait_timeout)
-    log.info("publishing %s at %.1f fps on %s", args.kind, rate, sock.getsockopt_string(zmq.LAST_ENDPOINT))
-    sent = 0
-    source.open()
-    try:
-        while not stop["flag"]:
-            try:
-                frame = source.read(timeout=0.2)
-            except SourceEnded:
-                break
-            if frame is None:
-                continue
-            sock.send_multipart(encode_frame(frame), copy=False)
-            sent += 1
-            _drain_subscriptions(sock)
-    finally:
-        source.close()
-        time.sleep(0.05)
-        sock.close()
-        if security is not None:
-            security.close()
+    with publisher:
+        signal.signal(signal.SIGINT, lambda *_: stop.__setitem__("flag", True))
+        signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))
+        publisher.wait_for_subscribers(args.wait_subscribers, args.wait_timeout)
+        log.info("publishing %s at %.1f fps on %s", args.kind, rate, publisher.endpoint)
+        sent = publish_source(source, publisher, stop=lambda: stop["flag"])
     log.info("sent %d frames", sent)
     print(f"sent {sent} frames")
     return 0
-
-
-def _drain_subscriptions(sock) -> int:
-    import zmq
-
-    joined = 0
-    while True:
-        try:
-            msg = sock.recv(zmq.NOBLOCK)
-        except zmq.Again:
-            return joined
-        if msg[:1] == b"\x01":
-            joined += 1
-
-
-def _wait_for_subscribers(sock, n: int, timeout: float) -> None:
-    import zmq
-
-    from medstream.runtime.errors import SourceError
-
-    if n <= 0:
-        return
-    joined, deadline = 0, time.monotonic() + timeout
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
-    while joined < n:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise SourceError(f"only {joined} of {n} subscribers joined within {timeout:.0f} s",
-                              "start the consumer (medstream run --source zmq+tcp://...) or lower --wait-subscribers")
-        if poller.poll(int(left * 1000)):
-            msg = sock.recv()
-            if msg[:1] == b"\x01":
-                joined += 1

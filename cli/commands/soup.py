@@ -41,6 +41,10 @@ PURPOSE: dict[str, str] = {
     "jetson-stats": "Jetson telemetry (jtop); AGPL-3.0, kept optional",
     "matplotlib": "benchmark figures (bench extra)",
     "hypothesis": "wire-format fuzzing (fuzz extra)",
+    "starlette": "web view: HTTP routes and WebSockets (web extra)",
+    "uvicorn": "web view: the ASGI server, TLS (web extra)",
+    "websockets": "web view: WebSocket protocol for uvicorn (web extra)",
+    "selenium": "browser test of the web view (dev extra, not shipped)",
 }
 #: Licences declared upstream, used when a package is not installed here.
 KNOWN_LICENCES = {"jetson-stats": "AGPL-3.0-only", "tensorrt": "Proprietary (NVIDIA)", "nvidia-ml-py": "BSD-3-Clause",

@@ -1,5 +1,11 @@
 """Subscribe to overlays and show them, or save them rendered with latency and frame number.
 
+With ``--web HOST:PORT`` the overlays are served to browsers instead (docs/WEB.md): a page that draws
+them on their own frames with their age, the pipeline's health and a stale banner; it needs the
+``[web]`` extra (``pip install 'medstream[web]'``). Example, for ``./scripts/demo.sh``'s endpoints::
+
+    medstream view --web 127.0.0.1:8080 --connect tcp://127.0.0.1:5556 --frames-from tcp://127.0.0.1:5555
+
 A window needs a display and an OpenCV built with GUI support; the default install uses
 opencv-python-headless (no GUI), so on servers and in CI use ``--save out.mp4`` or ``--save DIR/``.
 With ``--frames-from ENDPOINT`` the overlays are drawn on the matching source frames (by ``seq``).
@@ -26,17 +32,34 @@ def add_arguments(p) -> None:
     p.add_argument("--timeout", type=float, default=10.0, help="give up after S seconds without an overlay")
     p.add_argument("--fps", type=float, default=30.0, help="frame rate of the saved video")
     add_client_curve_arguments(p)
+    web = p.add_argument_group("browser view (docs/WEB.md; needs the [web] extra)")
+    web.add_argument("--web", metavar="HOST:PORT", default=None,
+                     help="serve a live page here instead of a window, e.g. 127.0.0.1:8080 (loopback by default)")
+    web.add_argument("--web-cert", default=None, help="TLS certificate (PEM): required to bind a non-loopback address")
+    web.add_argument("--web-key", default=None, help="TLS private key (PEM) for --web-cert")
+    web.add_argument("--web-allow-unencrypted-remote", action="store_true",
+                     help="serve a non-loopback address without TLS: patient images and the token cross the network "
+                          "in clear text (isolated networks only)")
+    web.add_argument("--web-stale-ms", type=float, default=1000.0,
+                     help="grey the overlay out when the newest one is older than this (default 1000 ms)")
+    web.add_argument("--web-image", choices=["jpeg", "png"], default="jpeg", help="how frames go to the page (default jpeg)")
+    web.add_argument("--web-jpeg-quality", type=int, default=80, help="JPEG quality 1-100 (default 80)")
+    web.add_argument("--frames-server-key", default=None,
+                     help="the frame sender's public key when it serves CURVE (uses --curve-client-secret as our key pair)")
+    web.add_argument("--web-max-clients", type=int, default=8, help="pages served at once (default 8)")
 
 
 def main(args) -> int:
+    if getattr(args, "web", None):
+        return main_web(args)
     import cv2
     import zmq
 
-    from medstream.runtime.errors import ConfigError
+    from medstream.runtime.errors import ConfigError, SourceError
     from medstream.runtime.frame import now_ns
     from medstream.runtime.render import draw_overlay
     from medstream.runtime.security import apply_curve_client
-    from medstream.runtime.wire import OVERLAY_TOPIC, WireError, decode_frame, decode_overlay
+    from medstream.runtime.wire import OVERLAY_TOPIC, STATUS_TOPIC, WireError, decode_overlay, decode_status
 
     show = args.save is None
     if show and not _has_gui(cv2):
@@ -45,20 +68,13 @@ def main(args) -> int:
     ctx = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, OVERLAY_TOPIC)
+    sub.setsockopt(zmq.SUBSCRIBE, STATUS_TOPIC)  # the run's last status says when the stream has ended
     sub.setsockopt(zmq.RCVHWM, 4)
     sub.setsockopt(zmq.LINGER, 0)
     apply_curve_client(sub, client_curve_from_args(args))
     sub.connect(args.connect)
-    fsub = None
+    frames_source = _open_frames(args.frames_from)
     frames: dict[int, object] = {}
-    poller = zmq.Poller()
-    poller.register(sub, zmq.POLLIN)
-    if args.frames_from:
-        fsub = ctx.socket(zmq.SUB)
-        fsub.setsockopt(zmq.SUBSCRIBE, b"frame")
-        fsub.setsockopt(zmq.LINGER, 0)
-        fsub.connect(args.frames_from)
-        poller.register(fsub, zmq.POLLIN)
     writer = None
     save_dir = None
     if args.save and (args.save.endswith("/") or Path(args.save).is_dir()):
@@ -67,16 +83,9 @@ def main(args) -> int:
     shown, last = 0, time.monotonic()
     try:
         while args.count is None or shown < args.count:
-            events = dict(poller.poll(200))
-            if fsub is not None and fsub in events:
-                try:
-                    f = decode_frame(fsub.recv_multipart())
-                    frames[f.seq] = f.image.copy()
-                    while len(frames) > 64:
-                        frames.pop(next(iter(frames)))
-                except WireError:
-                    pass
-            if sub not in events:
+            if frames_source is not None:
+                _take_frames(frames_source, frames, SourceError, WireError)
+            if not sub.poll(20 if frames_source is not None else 200):
                 if time.monotonic() - last > args.timeout:
                     if shown == 0:
                         log.error("no overlay from %s for %.0f s; is 'medstream run' publishing there?",
@@ -85,13 +94,23 @@ def main(args) -> int:
                     log.info("no overlay for %.0f s after %d: the stream has ended", args.timeout, shown)
                     break
                 continue
+            parts = sub.recv_multipart()
             try:
-                overlay = decode_overlay(sub.recv_multipart())
+                if parts[0] == STATUS_TOPIC:
+                    status = decode_status(parts)
+                    if status.get("state") == "stopped":
+                        log.info("the run on %s has stopped (%s) after %d overlays", args.connect,
+                                 "its source ended" if status.get("end_of_stream") else "stopped", shown)
+                        break
+                    continue
+                overlay = decode_overlay(parts)
             except WireError as exc:
-                log.warning("skipping a malformed overlay: %s", exc)
+                log.warning("skipping a malformed message: %s", exc)
                 continue
             last = time.monotonic()
             age_ms = (now_ns() - overlay.t_capture_ns) / 1e6
+            if frames_source is not None and overlay.seq not in frames:
+                _take_frames(frames_source, frames, SourceError, WireError)
             image = draw_overlay(frames.pop(overlay.seq, None), overlay, latency_ms=age_ms)
             shown += 1
             if save_dir is not None:
@@ -111,10 +130,39 @@ def main(args) -> int:
         if writer is not None:
             writer.release()
         sub.close()
-        if fsub is not None:
-            fsub.close()
+        if frames_source is not None:
+            frames_source.close()
     print(f"received {shown} overlays" + (f", saved to {args.save}" if args.save else ""))
     return 0
+
+
+def _open_frames(endpoint: str | None):
+    """The frame publisher as a source (runtime/sources owns reading frames), or ``None``."""
+    if not endpoint:
+        return None
+    from medstream.runtime.sources import open_source
+
+    uri = endpoint if endpoint.startswith("zmq+") else f"zmq+{endpoint}"
+    source = open_source(uri)
+    source.open()
+    return source
+
+
+def _take_frames(source, frames: dict[int, object], source_error: type, wire_error: type) -> None:
+    """Keep the newest 64 frames by seq, reading whatever has arrived (never waits)."""
+    for _ in range(64):
+        try:
+            frame = source.read(timeout=0)
+        except wire_error:
+            continue
+        except source_error as exc:
+            log.warning("frames from %s: %s", source.uri.raw, exc)
+            return
+        if frame is None:
+            return
+        frames[frame.seq] = frame.image.copy()
+        while len(frames) > 64:
+            frames.pop(next(iter(frames)))
 
 
 def _has_gui(cv2) -> bool:
@@ -123,3 +171,56 @@ def _has_gui(cv2) -> bool:
     info = cv2.getBuildInformation()
     gui_line = next((line for line in info.splitlines() if "GUI:" in line), "")
     return "NONE" not in gui_line.upper() and gui_line != ""
+
+
+def main_web(args) -> int:
+    """``--web``: serve the page until Ctrl-C / SIGTERM (docs/WEB.md)."""
+    from medstream.runtime.errors import ConfigError, require
+
+    require("starlette", "web", "medstream view --web")
+    from medstream.runtime.web.feeds import FrameFeed, OverlayFeed, wait_stopped
+    from medstream.runtime.web.hub import ViewHub
+    from medstream.runtime.web.server import WebOptions, check_web_bind, parse_bind, serve
+
+    if args.save:
+        raise ConfigError("--web and --save cannot be combined", "run two viewers: one with --web, one with --save")
+    if args.web_stale_ms <= 0 or not 1 <= args.web_jpeg_quality <= 100 or args.web_max_clients < 1:
+        raise ConfigError("--web-stale-ms must be > 0, --web-jpeg-quality 1..100, --web-max-clients >= 1",
+                          "fix the value named in the command line")
+    host, port = parse_bind(args.web)
+    opts = WebOptions(host=host, port=port, certfile=args.web_cert, keyfile=args.web_key,
+                      allow_unencrypted_remote=args.web_allow_unencrypted_remote, stale_ms=args.web_stale_ms,
+                      max_clients=args.web_max_clients)
+    check_web_bind(opts)  # before any socket: a refused bind must not leave subscribers behind
+    # the overlay publisher (medstream run) and the frame sender each have their own server key
+    curve = client_curve_from_args(args) if args.curve_server_key or not args.frames_server_key else None
+    frames_curve = None
+    if args.frames_server_key:
+        if not args.curve_client_secret:
+            raise ConfigError("--frames-server-key needs --curve-client-secret (our key pair)",
+                              "give both, see docs/SECURITY.md")
+        from medstream.runtime.security import client_curve
+
+        frames_curve = client_curve(args.curve_client_secret, args.frames_server_key)
+    hub = ViewHub(with_frames=bool(args.frames_from), stale_s=args.web_stale_ms / 1e3, image_format=args.web_image,
+                  jpeg_quality=args.web_jpeg_quality)
+    feeds = [OverlayFeed(hub, args.connect, curve)]
+    if args.frames_from:
+        feeds.append(FrameFeed(hub, args.frames_from, frames_curve))
+    info = {"overlay_endpoint": args.connect, "frames_endpoint": args.frames_from, "curve": curve is not None}
+
+    def ready(url: str) -> None:
+        log.info("web view on %s (overlays from %s%s)", url.split("?", 1)[0], args.connect,
+                 f", frames from {args.frames_from}" if args.frames_from else ", no frames: overlays on black")
+        print(f"medstream web view: open {url}", flush=True)
+
+    for f in feeds:
+        f.start()
+    try:
+        serve(hub, opts, info, on_ready=ready)
+    finally:
+        wait_stopped(feeds)
+    c = hub.counters
+    print(f"web view stopped: {c['overlays_in']} overlays, {c['frames_in']} frames received; "
+          f"{c['overlay_without_frame']} overlays without their frame", flush=True)
+    return 0

@@ -1,65 +1,85 @@
-"""Inference backends behind one interface (:class:`~medstream.runtime.backends.base.Backend`).
+"""Inference backends (the runners) behind one interface (:class:`~medstream.runtime.backends.base.Backend`).
 
-``load_backend("auto" | "onnxruntime" | "tensorrt", ...)`` picks and constructs one; heavy modules
-(tensorrt, cuda.bindings) are imported only when their backend is asked for.
+:func:`choose_backend` is the one place the device is decided (TensorRT, ONNX Runtime's CUDA execution
+provider, or ONNX Runtime on the CPU); :func:`medstream.runtime.models.loader.load_model` calls it
+once and :func:`load_backend` constructs the runner for what the loader returned. Heavy modules
+(tensorrt, cuda.bindings, onnxruntime-gpu's CUDA path) are imported only when their backend is asked for.
 
-``onnxruntime`` means the GPU path (:class:`~medstream.runtime.backends.ort_cuda.OrtCudaBackend`: CUDA
-execution provider, IO binding, CUDA graphs) when onnxruntime-gpu sees a CUDA device and no
-``providers`` option pins something else; ``onnxruntime-cuda`` asks for that path explicitly.
+Backend names: ``auto``; ``onnxruntime`` (ONNX Runtime: the CUDA path when onnxruntime-gpu sees a CUDA
+device, else the CPU); ``onnxruntime-cuda`` (the CUDA path, explicitly); ``tensorrt``. A chosen
+backend is always concrete: ``onnxruntime`` then means the CPU.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medstream.runtime.backends.base import Backend
-from medstream.runtime.contract import ModelContract
 from medstream.runtime.errors import ConfigError
+
+if TYPE_CHECKING:
+    from medstream.runtime.models.loader import LoadedModel
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "onnxruntime-cuda")
 
 
 def choose_backend(requested: str) -> tuple[str, str]:
-    """Resolve ``auto`` to a concrete backend; returns ``(name, reason)`` (``doctor`` prints the reason)."""
+    """The concrete backend for ``requested`` and why: ``(name, reason)`` (``doctor`` prints the reason).
+
+    ``name`` is ``tensorrt``, ``onnxruntime-cuda`` or ``onnxruntime`` (the CPU).
+    """
     if requested not in BACKENDS:
         raise ConfigError(f"unknown backend {requested!r}", f"use one of: {', '.join(BACKENDS)}")
-    if requested != "auto":
-        return requested, "asked for explicitly"
+    if requested == "auto":
+        ok, why = _tensorrt_available()
+        if ok:
+            return "tensorrt", why
+        cuda_ok, cuda_why = _ort_cuda_usable()
+        if cuda_ok:
+            return "onnxruntime-cuda", f"{why}; {cuda_why}"
+        return "onnxruntime", why
+    if requested == "onnxruntime":
+        cuda_ok, cuda_why = _ort_cuda_usable()
+        if cuda_ok:
+            return "onnxruntime-cuda", f"asked for ONNX Runtime; {cuda_why}"
+    return requested, "asked for explicitly"
+
+
+def load_backend(model: LoadedModel, **options: Any) -> Backend:
+    """Construct (not yet activate) the runner for ``model`` on the backend the loader chose."""
+    path, contract = str(model.run_path), model.contract
+    if model.backend == "tensorrt":
+        from medstream.runtime.backends.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(path, contract, **options)
+    if model.backend == "onnxruntime-cuda":
+        from medstream.runtime.backends.ort_cuda import OrtCudaBackend
+
+        return OrtCudaBackend(path, contract, **options)
+    if model.backend == "onnxruntime":
+        from medstream.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+        options.setdefault("providers", ["CPUExecutionProvider"])
+        return OnnxRuntimeBackend(path, contract, **options)
+    raise ConfigError(f"unknown backend {model.backend!r}", f"use one of: {', '.join(BACKENDS)}")
+
+
+def _tensorrt_available() -> tuple[bool, str]:
     try:
         from medstream.runtime.backends import tensorrt_backend
     except ImportError:
-        return "onnxruntime", "TensorRT backend module not available"
-    ok, why = tensorrt_backend.available()
-    if ok:
-        return "tensorrt", why
-    return "onnxruntime", why
+        return False, "TensorRT backend module not available"
+    return tensorrt_backend.available()
 
 
-def load_backend(requested: str, model_path: str, contract: ModelContract, **options: Any) -> Backend:
-    """Construct (not yet activate) the backend ``requested`` for ``model_path``."""
-    name, _ = choose_backend(requested)
-    if name == "tensorrt":
-        from medstream.runtime.backends.tensorrt_backend import TensorRTBackend
-
-        return TensorRTBackend(model_path, contract, **options)
-    if name == "onnxruntime-cuda" or (name == "onnxruntime" and options.get("providers") is None
-                                      and _ort_cuda_usable()):
-        from medstream.runtime.backends.ort_cuda import OrtCudaBackend
-
-        return OrtCudaBackend(model_path, contract, **options)
-    from medstream.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-
-    return OnnxRuntimeBackend(model_path, contract, **options)
-
-
-def _ort_cuda_usable() -> bool:
+def _ort_cuda_usable() -> tuple[bool, str]:
     """onnxruntime-gpu with a CUDA device here (cheap: no session is created)."""
     try:
         from medstream.runtime.backends.ort_cuda import cuda_ep_available
 
-        return cuda_ep_available()[0]
-    except Exception:
-        return False
+        return cuda_ep_available()
+    except Exception as exc:
+        return False, f"ONNX Runtime's CUDA path is not usable ({exc})"
 
 
 __all__ = ["Backend", "BACKENDS", "choose_backend", "load_backend"]

@@ -48,10 +48,7 @@ def make_session(model_path: str, providers: list[Any], intra_op_threads: int | 
     """
     import onnxruntime as ort
 
-    path = Path(model_path)
-    if not path.is_file():
-        raise ModelLoadError(f"model file {path} does not exist",
-                             "check --model (or 'model:' in the config); bundled models: ultrasound, fluoroscopy")
+    path = Path(model_path)  # checked by the model loader (runtime/models/loader.py) before we get here
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = intra_op_threads or default_threads()
     opts.inter_op_num_threads = 1
@@ -100,7 +97,8 @@ class OnnxRuntimeBackend(Backend):
     Parameters
     ----------
     providers
-        ``None`` picks CUDA when onnxruntime-gpu sees a GPU, else CPU.
+        ONNX Runtime execution providers; ``None`` is the CPU. The model loader chose the file and the
+        device (see :mod:`medstream.runtime.models.loader`).
     intra_op_threads
         Threads for one inference; defaults to the usable cores.
     spin_after_run
@@ -123,14 +121,9 @@ class OnnxRuntimeBackend(Backend):
         self._outputs: dict[str, np.ndarray] = {}
 
     def _activate(self) -> None:
-        import onnxruntime as ort
-
-        providers = self._providers
-        if providers is None:
-            available = ort.get_available_providers()
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in available \
-                else ["CPUExecutionProvider"]
-        self.model_path = self._cpu_twin(providers)
+        # The device and the file were chosen by the model loader (runtime/models/loader.py); this
+        # runner only opens what it was given. ``providers=None`` means the CPU.
+        providers = self._providers or ["CPUExecutionProvider"]
         self.session = make_session(self.model_path, providers, self._threads, self._spin)
         check_session_against_contract(self.session, self.contract, self.model_path)
         used = self.session.get_providers()
@@ -139,20 +132,6 @@ class OnnxRuntimeBackend(Backend):
         self._output_names = [o.name for o in self.session.get_outputs()]
         if self._reuse and self.device == "cpu":
             self._bind_outputs()
-
-    def _cpu_twin(self, providers: list[Any]) -> str:
-        """On the CPU, run ``M.int8-cpu.onnx`` (U8S8) in place of ``M.int8.onnx`` (TensorRT's S8S8) when
-        calibration wrote it: same calibration, same accuracy gate, about 1.6x faster here."""
-        from medstream.runtime.models import int8_cpu_variant
-
-        first = providers[0] if providers else "CPUExecutionProvider"
-        first = first[0] if isinstance(first, tuple) else first
-        twin = int8_cpu_variant(self.model_path)
-        if first == "CPUExecutionProvider" and self.model_path.endswith(".int8.onnx") and twin.is_file():
-            log.info("CPU run: using %s, the U8S8 twin of %s (faster on CPU, same accuracy gate)", twin.name,
-                     Path(self.model_path).name)
-            return str(twin)
-        return self.model_path
 
     def _bind_outputs(self) -> None:
         """Preallocate every output once and let ONNX Runtime write into it (IO binding).

@@ -17,11 +17,20 @@ start), ``prefer_nhwc=1`` (tensor-core friendly layout inside the EP), ``enable_
 one stream. Each is tried in that order and dropped, with a log line, if this model or build cannot
 take it. Where TensorRT's libraries are present the TensorRT execution provider goes first with an
 engine cache, fp16 when asked, and int8 for QDQ models.
+
+CUDA: through the one CUDA layer, :mod:`medstream.runtime.gpu.cuda` (cuda-python), as the TensorRT
+backend does: our non-blocking stream (handed to ONNX Runtime as ``user_compute_stream``), the two
+timing events, and host/device copies into the bound ``OrtValue``s (:class:`~medstream.runtime.gpu.cuda.DeviceView`).
+CuPy is only the kernel library of the GPU pre/postprocessors, given our stream as an
+``ExternalStream``. Without cuda-python (it comes with the ``[gpu]`` extra) inputs go in with
+``OrtValue.update_inplace`` on ONNX Runtime's own stream and the GPU stages stay off.
+Not run on hardware in this tree's CI (no GPU): ``tests/runtime/backends/test_ort_cuda.py`` checks
+these calls against the real ``cuda.bindings`` signatures; ``benchmarks/gpu_device_check.py`` runs
+this backend on a GPU.
 """
 
 from __future__ import annotations
 
-import ctypes.util
 import logging
 import time
 from pathlib import Path
@@ -32,7 +41,9 @@ import numpy as np
 from medstream.runtime.backends.base import Backend
 from medstream.runtime.backends.onnxruntime_backend import check_session_against_contract, make_session
 from medstream.runtime.contract import ModelContract
-from medstream.runtime.errors import BackendError, ModelLoadError
+from medstream.runtime.errors import BackendError, MissingDependencyError, ModelLoadError
+from medstream.runtime.gpu import cuda
+from medstream.runtime.machine import tensorrt_libs_present
 
 log = logging.getLogger("medstream.backend.ort_cuda")
 
@@ -49,27 +60,12 @@ def cuda_ep_available() -> tuple[bool, str]:
         return False, "onnxruntime is not installed"
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return False, f"onnxruntime {ort.__version__} is the CPU build (no CUDAExecutionProvider)"
-    from medstream.runtime.gpu.cuda import device_count
-
-    try:
-        import cuda.bindings.runtime  # noqa: F401
-    except ImportError:  # cannot verify a device without cuda-python: trust onnxruntime's provider list
+    if cuda.bindings_version() is None:  # cannot verify a device without cuda-python: trust the provider list
         return True, (f"onnxruntime {ort.__version__} with CUDAExecutionProvider (device not verified: cuda-python "
                       "not installed)")
-    if device_count() == 0:
+    if cuda.device_count() == 0:
         return False, f"onnxruntime {ort.__version__} has the CUDA provider but no CUDA device is usable"
     return True, f"onnxruntime {ort.__version__} with CUDAExecutionProvider and a CUDA device"
-
-
-def tensorrt_libs_present() -> bool:
-    """Whether libnvinfer can be found (ORT lists its TensorRT EP even when the libraries are missing)."""
-    for name in ("libnvinfer.so.11", "libnvinfer.so.10", "libnvinfer.so"):
-        try:
-            ctypes.CDLL(name)
-            return True
-        except OSError:
-            continue
-    return ctypes.util.find_library("nvinfer") is not None
 
 
 def cuda_provider_options(device_id: int = 0, cuda_graph: bool = True, conv_algo_search: str = "EXHAUSTIVE",
@@ -136,7 +132,9 @@ class OrtCudaBackend(Backend):
         self.shared_stream = False
         self.graph_enabled = False
         self._device_outputs = False
-        self._cp: Any = None
+        self.stream: cuda.Stream | None = None
+        self._start: cuda.Event | None = None
+        self._end: cuda.Event | None = None
         self.variant = ""
 
     @property
@@ -144,8 +142,7 @@ class OrtCudaBackend(Backend):
         if self._pending is not None:
             start, end = self._pending
             self._pending = None
-            end.synchronize()
-            self._compute_ms = float(self._cp.cuda.get_elapsed_time(start, end))
+            self._compute_ms = cuda.Event.elapsed_ms(start, end)
         return self._compute_ms
 
     @last_compute_ms.setter
@@ -190,15 +187,13 @@ class OrtCudaBackend(Backend):
                                  "pip install onnxruntime-gpu (in place of onnxruntime) on a machine with an NVIDIA "
                                  "GPU, or use --backend onnxruntime (CPU)")
         try:
-            import cupy as cp
-
-            self._cp = cp
-            cp.cuda.Device(self.device_id).use()
-            self.stream = cp.cuda.Stream(non_blocking=True)
-        except ImportError:
-            self._cp, self.stream = None, None
-            log.info("CuPy not installed: inputs are copied with OrtValue.update_inplace, outputs come back to the "
-                     "host; GPU pre/postprocessing is off")
+            cuda.set_device(self.device_id)
+            self.stream = cuda.Stream()
+            self._start, self._end = cuda.Event(), cuda.Event()
+        except MissingDependencyError:
+            self.stream = self._start = self._end = None
+            log.info("cuda-python not installed: inputs are copied with OrtValue.update_inplace on ONNX Runtime's "
+                     "own stream, outputs come back to the host; GPU pre/postprocessing is off")
         stream_ptr = self.stream.ptr if self.stream is not None else None
         errors = []
         for variant in self._variants(stream_ptr):
@@ -227,7 +222,7 @@ class OrtCudaBackend(Backend):
         # Warm-up: with CUDA graphs, ONNX Runtime captures during these first runs.
         for _ in range(3):
             self._run()
-        if self._cp is not None:
+        if self.stream is not None:
             self.stream.synchronize()
         self.variant = ("cuda-graph" if self.graph_enabled else "no-graph") + \
             (", shared stream" if self.shared_stream else "") + \
@@ -272,21 +267,20 @@ class OrtCudaBackend(Backend):
         for name, x in inputs.items():
             if name in self._values:
                 self._put_input(name, x)
-        cp = self._cp
-        if cp is not None and not self.shared_stream:
+        timed = self.stream is not None and self.shared_stream
+        if self.stream is not None and not self.shared_stream:
             self.stream.synchronize()  # ORT runs on its own stream: the input must be complete first
         t0 = time.perf_counter_ns()
-        if cp is not None and self.shared_stream:
-            start, end = cp.cuda.Event(), cp.cuda.Event()
-            start.record(self.stream)
+        if timed:
+            self._start.record(self.stream)
         try:
             self._run()
         except Exception as exc:
             raise BackendError(f"ONNX Runtime (CUDA) failed on {self.model_path}: {str(exc).splitlines()[0][:300]}",
                                "the frame was dropped; if this repeats, check 'medstream doctor'") from None
-        if cp is not None and self.shared_stream:
-            end.record(self.stream)
-            self._pending = (start, end)
+        if timed:
+            self._end.record(self.stream)
+            self._pending = (self._start, self._end)
         else:  # ORT's run returns after its stream is synchronised: wall time is GPU time plus launch overhead
             self.last_compute_ms = (time.perf_counter_ns() - t0) / 1e6
         if self._device_outputs:
@@ -299,19 +293,24 @@ class OrtCudaBackend(Backend):
     def _put_input(self, name: str, x: Any) -> None:
         value = self._values[name]
         shape, dtype = self._shapes[name]
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if hasattr(x, "__cuda_array_interface__"):
-            if int(x.__cuda_array_interface__["data"][0]) == int(value.data_ptr()):
+            iface = x.__cuda_array_interface__
+            if int(iface["data"][0]) == int(value.data_ptr()):
                 return  # written in place by the GPU preprocessor
-            view = self._view(name)
-            with self.stream:
-                view[...] = x
+            if (tuple(x.shape) != shape or np.dtype(x.dtype) != dtype or iface.get("strides") is not None
+                    or self.stream is None):
+                raise BackendError(f"input {name!r} is a {tuple(x.shape)} {x.dtype} device array (strided: "
+                                   f"{iface.get('strides') is not None}), the session is bound to {shape} {dtype}",
+                                   "the frame was dropped; check the model contract")
+            cuda.DeviceView(int(value.data_ptr()), nbytes).copy_from_device(int(iface["data"][0]), nbytes, self.stream)
             return
         x = np.ascontiguousarray(x, dtype=dtype)
         if x.shape != shape:
             raise BackendError(f"input {name!r} has shape {x.shape}, the session is bound to {shape}",
                                "the frame was dropped; check the model contract (size, layout)")
-        if self._cp is not None:
-            self._view(name).set(x, stream=self.stream)
+        if self.stream is not None:
+            cuda.DeviceView(int(value.data_ptr()), nbytes).upload(x, self.stream)
         else:
             value.update_inplace(x)
 
@@ -327,30 +326,39 @@ class OrtCudaBackend(Backend):
         return self.binding.get_outputs()[self._output_names.index(name)].numpy()
 
     def _deactivate(self) -> None:
-        if self._cp is not None and getattr(self, "stream", None) is not None:
-            self.stream.synchronize()
+        if self.stream is not None:
+            try:
+                self.stream.synchronize()
+            except Exception as exc:
+                log.warning("stream synchronize at shutdown failed: %s", exc)
         self._pending = None
         self.binding = None
         self._values = {}
         self.session = None
+        for attr in ("_start", "_end", "stream"):
+            obj = getattr(self, attr, None)
+            if obj is not None:
+                obj.close()
+                setattr(self, attr, None)
 
     # ---- GPU stages
     def make_preprocessor(self):
         self.activate()
-        if self._cp is None:
-            return super().make_preprocessor()
-        from medstream.runtime.gpu.prepost import GpuPreprocessor
+        from medstream.runtime.gpu.prepost import GpuPreprocessor, cupy_available, external_stream
 
-        return GpuPreprocessor(self.contract, out=self._view(self.contract.input.name), stream=self.stream)
+        if self.stream is None or not cupy_available():
+            return super().make_preprocessor()
+        return GpuPreprocessor(self.contract, out=self._view(self.contract.input.name),
+                               stream=external_stream(self.stream.ptr))
 
     def make_postprocessor(self):
         self.activate()
-        if self._cp is None or self.contract.primary_output.name not in self._values:
-            return super().make_postprocessor()
-        from medstream.runtime.gpu.prepost import GpuPostprocessor
+        from medstream.runtime.gpu.prepost import GpuPostprocessor, cupy_available, external_stream
 
+        if self.stream is None or not cupy_available() or self.contract.primary_output.name not in self._values:
+            return super().make_postprocessor()
         self._device_outputs = True
-        return GpuPostprocessor(self.contract, stream=self.stream)
+        return GpuPostprocessor(self.contract, stream=external_stream(self.stream.ptr))
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

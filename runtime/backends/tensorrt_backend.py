@@ -62,11 +62,9 @@ def available() -> tuple[bool, str]:
     except Exception:
         return False, "TensorRT is not installed (neither 'tensorrt' nor 'tensorrt_lean' imports)"
     version = getattr(trt, "__version__", "?")
-    try:
-        from medstream.runtime.gpu.cuda import cudart, device_count
+    from medstream.runtime.gpu.cuda import bindings_version, device_count
 
-        cudart()
-    except Exception:
+    if bindings_version() is None:
         return False, (f"TensorRT {version} ({flavour}) is installed but cuda-python is not "
                        "(pip install 'medstream[tensorrt]')")
     n = device_count()
@@ -197,8 +195,7 @@ class TensorRTBackend(Backend):
 
         trt, self.flavour = import_tensorrt()
         self._precheck_engine_file()
-        rt = cuda.cudart()
-        cuda.check(rt.cudaSetDevice(self.device_index), "cudaSetDevice")
+        cuda.set_device(self.device_index)
         info = cuda.device_info(self.device_index)
         data = self._engine_bytes(trt)
         self._trt_logger = trt.Logger(trt.Logger.WARNING)

@@ -30,6 +30,7 @@ from typing import Any
 from medstream.runtime.contract import ModelContract
 from medstream.runtime.engine.profiles import ProfileShapes, is_dynamic, profile_from_contract
 from medstream.runtime.errors import ConfigError, MedstreamError, ModelLoadError
+from medstream.runtime.files import write_bytes_atomic
 
 log = logging.getLogger("medstream.engine")
 
@@ -284,9 +285,7 @@ def _save_timing_cache(config: Any, cache: Any, path: Path | None) -> None:
     if path is None:
         return
     current = config.get_timing_cache() or cache
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(bytes(memoryview(current.serialize())))
+    write_bytes_atomic(path, bytes(memoryview(current.serialize())))  # a half-written cache is worse than none
 
 
 # Builder-side TensorRT API used above, checked by the contract test where full tensorrt imports.

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 from medstream.runtime.contract import ModelContract
 from medstream.runtime.errors import ModelLoadError
-from medstream.runtime.files import sha256_file
+from medstream.runtime.files import sha256_file, write_bytes_atomic
 
 MANIFEST_FORMAT = 1
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -124,9 +123,11 @@ class EngineCache:
         """Write the engine and then its manifest, each atomically (a crash leaves no half engine that validates)."""
         engine_path, manifest_path = self.paths(key)
         engine_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(engine_path, engine)
+        # durable: an engine takes minutes to rebuild; fsync costs milliseconds. Mode: a normal file's (0644
+        # with umask 022), so the service account can load what an engineer built.
+        write_bytes_atomic(engine_path, engine, durable=True)
         manifest = build_manifest(key, engine, contract, build_info)
-        _atomic_write(manifest_path, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        write_bytes_atomic(manifest_path, json.dumps(manifest, indent=2, sort_keys=True).encode(), durable=True)
         return engine_path
 
     def load(self, key: EngineKey) -> tuple[bytes, dict[str, Any]]:
@@ -220,16 +221,3 @@ def _show(value: Any) -> str:
         return "none"
     text = str(value)
     return f"{text[:12]}..." if len(text) == 64 else repr(text) if isinstance(value, str) else text
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

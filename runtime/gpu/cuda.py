@@ -1,4 +1,16 @@
-"""A thin, explicit layer over NVIDIA's ``cuda.bindings.runtime`` (the cuda-python package).
+"""The one CUDA layer of medstream: a thin, explicit wrapper over NVIDIA's ``cuda.bindings.runtime``.
+
+Both GPU backends use it, as Polygraphy's runners share ``polygraphy.cuda``: the TensorRT backend
+for its device and pinned buffers, stream, events and CUDA graph; the ONNX Runtime CUDA backend for
+the stream it hands to ONNX Runtime (``user_compute_stream``), its timing events and the copies into
+its bound ``OrtValue``s (:class:`DeviceView`). CuPy is used only where it does something this layer
+does not, compiling and launching the pre/postprocessing kernels (:mod:`medstream.runtime.gpu.prepost`),
+and it is handed our stream as a ``cupy.cuda.ExternalStream``; it never owns a stream, event or copy
+on the inference path. Machine facts (``medstream doctor``) read devices through
+:func:`device_count`/:func:`device_info` too (:mod:`medstream.runtime.machine`).
+
+Not run on hardware from this tree's CI (no GPU there): the contract tests check every call below
+against the installed bindings' signatures; ``benchmarks/gpu_device_check.py`` is the on-GPU check.
 
 Why not PyCUDA or CuPy for this part: TensorRT's own samples use ``cuda.bindings``, it is the one
 NVIDIA ships for CUDA 12 and 13 on x86-64 and Jetson, and it exposes streams, events and graph
@@ -81,6 +93,29 @@ def check(result: Any, call: str = "CUDA call") -> Any:
     if not values:
         return None
     return values[0] if len(values) == 1 else values
+
+
+def bindings_version() -> str | None:
+    """The installed cuda-python (``cuda.bindings``) version, ``None`` when it is not installed."""
+    try:
+        import cuda.bindings
+    except ImportError:
+        return None
+    return str(getattr(cuda.bindings, "__version__", "?"))
+
+
+def driver_version() -> str | None:
+    """The CUDA version the installed driver supports (e.g. ``"13.0"``), ``None`` without driver or bindings."""
+    try:
+        err, v = cudart().cudaDriverGetVersion()
+    except Exception:
+        return None
+    return _version_string(int(v)) if int(err) == 0 and v else None
+
+
+def set_device(index: int) -> None:
+    """Make device ``index`` current for this thread (before creating streams or buffers on it)."""
+    check(cudart().cudaSetDevice(int(index)), f"cudaSetDevice({index})")
 
 
 def device_count() -> int:
@@ -185,16 +220,21 @@ class Event(_Resource):
         cudart().cudaEventDestroy(self.handle)
 
 
-class DeviceBuffer(_Resource):
-    """``nbytes`` of device memory from ``cudaMalloc``; ``ptr`` is the address to bind."""
+class DeviceView:
+    """``nbytes`` of device memory at ``ptr`` owned by someone else (an ONNX Runtime ``OrtValue``, a
+    TensorRT binding): copies in and out on a stream, nothing freed. Polygraphy's ``DeviceView``.
 
-    def __init__(self, nbytes: int) -> None:
+    Host-to-device copies from pageable (plain numpy) memory are staged by CUDA before
+    ``cudaMemcpyAsync`` returns, so the caller may reuse the array at once; pinned memory
+    (:class:`PinnedHostBuffer`) makes the copy truly asynchronous.
+    """
+
+    def __init__(self, ptr: int, nbytes: int) -> None:
+        self.ptr = int(ptr)
         self.nbytes = int(nbytes)
-        self.ptr = int(check(cudart().cudaMalloc(max(1, self.nbytes)), f"cudaMalloc({self.nbytes})"))
-        self._closed = False
 
     def upload(self, host: np.ndarray | PinnedHostBuffer, stream: Stream) -> None:
-        """Copy host memory to this buffer asynchronously on ``stream`` (pinned host memory: truly async)."""
+        """Copy host memory to this buffer asynchronously on ``stream``."""
         src, n = _host_ptr(host)
         _fits(n, self.nbytes, "upload")
         rt = cudart()
@@ -210,10 +250,20 @@ class DeviceBuffer(_Resource):
               "cudaMemcpyAsync(DeviceToHost)")
 
     def copy_from_device(self, src_ptr: int, nbytes: int, stream: Stream) -> None:
+        """Copy ``nbytes`` from device address ``src_ptr`` into this buffer on ``stream``."""
         _fits(nbytes, self.nbytes, "device copy")
         rt = cudart()
         check(rt.cudaMemcpyAsync(self.ptr, int(src_ptr), int(nbytes), rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice,
                                  stream.handle), "cudaMemcpyAsync(DeviceToDevice)")
+
+
+class DeviceBuffer(DeviceView, _Resource):
+    """``nbytes`` of device memory from ``cudaMalloc``, owned and freed here; ``ptr`` is the address to bind."""
+
+    def __init__(self, nbytes: int) -> None:
+        super().__init__(0, nbytes)
+        self.ptr = int(check(cudart().cudaMalloc(max(1, self.nbytes)), f"cudaMalloc({self.nbytes})"))
+        self._closed = False
 
     def _release(self) -> None:
         cudart().cudaFree(self.ptr)
@@ -327,6 +377,7 @@ USED_RUNTIME_API: dict[str, tuple[str, ...]] = {
     "cudaGetErrorName": ("error",),
     "cudaGetErrorString": ("error",),
     "cudaGetDeviceCount": (),
+    "cudaSetDevice": ("device",),
     "cudaGetDeviceProperties": ("device",),
     "cudaDriverGetVersion": (),
     "cudaRuntimeGetVersion": (),

@@ -1,39 +1,52 @@
 """Running as a service: systemd notification, device telemetry and Prometheus metrics.
 
-:func:`make_observers` is what ``medstream run`` attaches to its pipeline. Each piece is an
+:func:`make_service_hooks` is what ``medstream run`` attaches to its pipeline. Each piece is an
 observer (see :mod:`medstream.runtime.observers`), so the pipeline itself knows nothing of systemd,
-Prometheus or NVML.
+Prometheus or NVML; the telemetry sampler is handed over by name for the status messages.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
+from medstream.runtime.config import ServiceSection
 from medstream.runtime.observers import PipelineObserver
 
 
-def make_observers(cfg: Any) -> list[PipelineObserver]:
+@dataclass
+class ServiceHooks:
+    """What a service run attaches to its pipeline: observers, and the telemetry sampler for status messages."""
+
+    observers: list[PipelineObserver] = field(default_factory=list)
+    telemetry: Callable[[], dict[str, Any]] | None = None
+
+
+def make_service_hooks(service: ServiceSection) -> ServiceHooks:
     """Observers for a run: systemd notify (always; a no-op without ``NOTIFY_SOCKET``), device
     telemetry (always; sampled every 1.5 s on its own thread, carried in the status message as
-    ``device_telemetry``), and Prometheus metrics when ``cfg.metrics_port`` is set.
-
-    The telemetry observer has a ``telemetry()`` method; :func:`medstream.runtime.app.build_pipeline`
-    hands it to the pipeline so status messages include the latest sample.
+    ``device_telemetry``), and Prometheus metrics when ``service.metrics_port`` is set.
     """
     from medstream.runtime.service.notify import NotifyObserver
     from medstream.runtime.service.telemetry import TelemetryObserver
 
     telemetry = TelemetryObserver()
     observers: list[PipelineObserver] = [NotifyObserver(), telemetry]
-    if getattr(cfg, "metrics_port", None) is not None:
+    if service.metrics_port is not None:
         from medstream.runtime.service.metrics import MetricsObserver
 
         try:
-            observers.append(MetricsObserver(cfg.metrics_port, cfg.metrics_host, telemetry=telemetry.telemetry))
+            observers.append(MetricsObserver(service.metrics_port, service.metrics_host, telemetry=telemetry.telemetry))
         except Exception:
             telemetry.sampler.close()
             raise
-    return observers
+    return ServiceHooks(observers, telemetry.telemetry)
 
 
-__all__ = ["make_observers"]
+def make_observers(service: ServiceSection) -> list[PipelineObserver]:
+    """The observers of :func:`make_service_hooks` alone."""
+    return make_service_hooks(service).observers
+
+
+__all__ = ["ServiceHooks", "make_observers", "make_service_hooks"]

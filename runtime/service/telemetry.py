@@ -15,6 +15,9 @@ Where the numbers come from, first that works:
 
 Every reader is best effort: a missing file or a failing call leaves that value out, it never stops
 sampling (a telemetry hiccup must never affect the stream).
+
+Static facts (is this a Jetson, how many cores) come from :mod:`medstream.runtime.machine`, the one
+place machine facts are gathered; this module samples only what changes.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from medstream.runtime.machine import cpu_facts, is_jetson
 from medstream.runtime.observers import PipelineObserver
 
 log = logging.getLogger("medstream.service.telemetry")
@@ -66,6 +70,7 @@ class PsutilReader:
 
         self._psutil = psutil
         self._proc = psutil.Process()
+        self._cores = cpu_facts().cores
         psutil.cpu_percent(None)  # the first call primes the counters and returns 0
         self._proc.cpu_percent(None)
 
@@ -73,7 +78,7 @@ class PsutilReader:
         ps = self._psutil
         vm = ps.virtual_memory()
         out: dict[str, Any] = {
-            "cpu": {"util_pct": ps.cpu_percent(None), "count": ps.cpu_count()},
+            "cpu": {"util_pct": ps.cpu_percent(None), "count": self._cores},
             "memory": {"used_bytes": int(vm.total - vm.available), "total_bytes": int(vm.total)},
         }
         with contextlib.suppress(ps.Error):
@@ -239,17 +244,16 @@ class JetsonSysfsReader:
         return out
 
 
-def _is_jetson(sysfs: str = "/sys") -> bool:
-    model = _read("/proc/device-tree/model") or ""
-    return "jetson" in model.lower() or os.path.exists("/etc/nv_tegra_release") or any(
-        os.path.exists(os.path.join(sysfs, p)) for p in _JETSON_GPU_LOAD)
+def _jetson_readers_apply(sysfs: str = "/sys") -> bool:
+    """A Jetson (machine facts), or a Jetson GPU load file under ``sysfs`` (a container that hides /etc)."""
+    return is_jetson() or any(os.path.exists(os.path.join(sysfs, p)) for p in _JETSON_GPU_LOAD)
 
 
 def default_readers(sysfs: str = "/sys") -> list[Any]:
     """The GPU reader that works here (NVML, then jtop/sysfs on a Jetson), plus psutil and thermal zones."""
     readers: list[Any] = []
     candidates = [NvmlReader]
-    if _is_jetson(sysfs):
+    if _jetson_readers_apply(sysfs):
         candidates = [JtopReader, lambda: JetsonSysfsReader(sysfs)]
     for make in candidates:
         try:

@@ -10,6 +10,14 @@
 
 Modules are imported when their scheme is used, so a missing optional backend of OpenCV only
 matters to the user who asks for it.
+
+This package is the only reader of frames in medstream:
+
+* to read a live stream frame by frame, call :func:`open_source` (the pipeline, ``medstream record``);
+* to read up to N frames, call :func:`read_frames`; with ground truth, :func:`read_labelled_frames`
+  (evaluation, calibration data, training folders);
+* the frame-folder format (image suffixes, mask names, ``.truth.npy``, ``.json`` headers) is defined
+  once, in :mod:`medstream.runtime.sources.folder_format`.
 """
 
 from __future__ import annotations
@@ -53,4 +61,19 @@ def open_source(uri: str, source_id: str | None = None, *, allow_pipeline_uris: 
     return cls(parsed, source_id=source_id, **options)
 
 
-__all__ = ["PIPELINE_SCHEMES", "REGISTRY", "Source", "SourceURI", "open_source", "parse_uri"]
+def read_frames(uri: str, limit: int, **options):
+    """Up to ``limit`` frames from ``uri``, unpaced (see :func:`medstream.runtime.sources.reading.read_frames`)."""
+    from medstream.runtime.sources.reading import read_frames as _read
+
+    return _read(uri, limit, **options)
+
+
+def read_labelled_frames(uri: str, limit: int, **options):
+    """Up to ``limit`` frames that all carry truth (see :mod:`medstream.runtime.sources.reading`)."""
+    from medstream.runtime.sources.reading import read_labelled_frames as _read
+
+    return _read(uri, limit, **options)
+
+
+__all__ = ["PIPELINE_SCHEMES", "REGISTRY", "Source", "SourceURI", "open_source", "parse_uri", "read_frames",
+           "read_labelled_frames"]

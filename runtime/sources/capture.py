@@ -21,7 +21,14 @@ runs in the source's own reader thread, which keeps only the newest frame in a o
 :meth:`CaptureSource.read` never waits longer than its timeout, frames the consumer did not take in
 time are replaced (the gap shows in ``seq``), and after ``max_failures`` consecutive empty reads the
 next :meth:`CaptureSource.read` raises :class:`~medstream.runtime.errors.SourceError`, so the
-pipeline closes the source and reopens it with backoff.
+pipeline closes the source and reopens it with backoff. A frame still in the holder is delivered
+before that error (the last good picture is not thrown away).
+
+So the first frame a consumer reads is the newest one, not necessarily ``seq`` 0: a device (or a file
+standing in for one) can deliver several frames between :meth:`CaptureSource.open` and the first
+:meth:`CaptureSource.read`. A reader thread whose blocked ``cap.read()`` outlives :meth:`close`
+(the join gives up after 1 s) checks its stop flag under the holder's lock, which close sets under the
+same lock, so it can never put a stale frame or error into the next session after a reopen.
 """
 
 from __future__ import annotations
@@ -169,7 +176,8 @@ class CaptureSource(Source):
         self._thread.start()
 
     def _close(self) -> None:
-        self._stop.set()
+        with self._cond:  # under the lock: once released, the old reader writes no frame and no error
+            self._stop.set()
         thread, self._thread = self._thread, None
         if thread is not None:
             # A read blocked inside OpenCV cannot be interrupted; the thread releases the device itself
@@ -196,6 +204,8 @@ class CaptureSource(Source):
                                   color_order=_color_for(image))
                     seq += 1
                     with self._cond:
+                        if stop.is_set():  # closed while this frame was read: it belongs to no session
+                            break
                         if self._slot is not None:
                             self.frames_replaced += 1
                         self._slot = frame
@@ -206,6 +216,8 @@ class CaptureSource(Source):
                     continue
                 failures += 1
                 with self._cond:
+                    if stop.is_set():
+                        break
                     self.consecutive_failures = failures
                     if failures >= self.max_failures:
                         self._error = SourceError(

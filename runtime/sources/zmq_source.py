@@ -111,6 +111,9 @@ class ZmqSource(Source):
         self.disconnects = 0
 
     # ------------------------------------------------------------------------------------ lifecycle
+    def listen_endpoint(self) -> str | None:
+        return self.configured_endpoint if self.bind else None
+
     def _open(self) -> None:
         ctx = zmq.Context.instance()
         sock = ctx.socket(zmq.SUB)

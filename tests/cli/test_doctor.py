@@ -7,9 +7,9 @@ import json
 
 import onnxruntime as ort
 
+from medstream.cli.commands.doctor import format_report, jetson_info, machine_report
 from medstream.cli.main import main
 from medstream.runtime.gpu.cuda import device_count
-from medstream.runtime.gpu.doctor import format_report, jetson_info, machine_report
 
 
 def test_doctor_json_reports_providers_and_auto_choice(capsys):

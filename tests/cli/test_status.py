@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from medstream.runtime.app import build_pipeline
 from medstream.runtime.config import load_config
+from medstream.runtime.stream import build_stream
 from tests.conftest import free_port
 
 MEDSTREAM = [sys.executable, "-m", "medstream.cli.main"]
@@ -79,7 +79,7 @@ def test_stalled_source_is_exit_code_3(tiny_model, endpoint):
     # A ZeroMQ source that nobody feeds: the pipeline runs but its source is stalled.
     cfg = load_config(None, {"source": f"zmq+tcp://127.0.0.1:{free_port()}", "model": str(tiny_model),
                              "publish": endpoint, "backend": "onnxruntime", "threads": 1})
-    pipe = build_pipeline(cfg)
+    pipe = build_stream(cfg)
     pipe.prepare()
     t = threading.Thread(target=pipe.run, daemon=True)
     t.start()

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import zmq
 
-from medstream.runtime.app import build_pipeline
 from medstream.runtime.config import load_config
 from medstream.runtime.frame import Frame, now_ns
 from medstream.runtime.observers import PipelineObserver
+from medstream.runtime.stream import build_stream
 from medstream.runtime.wire import decode_overlay, decode_status, encode_frame
 
 
@@ -73,7 +73,7 @@ class Outcomes(PipelineObserver):
 def make_pipeline(model, endpoint, source, observers=None, **extra):
     cfg = load_config(None, {"source": source, "model": str(model), "publish": endpoint, "backend": "onnxruntime",
                              "threads": 1, "warmup_runs": 1, **extra})
-    return build_pipeline(cfg, observers=observers)
+    return build_stream(cfg, observers=observers)
 
 
 def run_in_thread(pipeline, **kw):

@@ -9,8 +9,8 @@ import zmq
 
 from medstream.runtime.errors import SourceError
 from medstream.runtime.frame import Frame, now_ns
-from medstream.runtime.pipeline import Pipeline
 from medstream.runtime.sources.base import Source, parse_uri
+from medstream.runtime.stream.pipeline import Pipeline, StreamOptions
 from tests.reliability._helpers import (
     Collector,
     Outcomes,
@@ -107,7 +107,8 @@ class SilentCapture(Source):
 def test_capture_returning_nothing_is_stalled_then_live(tiny_model, endpoint):
     base = make_pipeline(tiny_model, endpoint, "synthetic://ultrasound?fps=1", status_interval_s=0.1)
     src = SilentCapture(silent_after=10, silent_s=1.5)
-    pipe = Pipeline(src, base.backend, base.publisher, stall_timeout_s=0.5, status_interval_s=0.1, warmup_runs=0)
+    pipe = Pipeline(src, base.backend, base.publisher,
+                    options=StreamOptions(stall_timeout_s=0.5, status_interval_s=0.1, warmup_runs=0))
     col = Collector(endpoint)
     t, result = run_in_thread(pipe, max_frames=30)
     t.join(15)
@@ -150,7 +151,7 @@ class FlakySource(Source):
 def test_failing_source_reconnects_with_growing_backoff_and_resumes(tiny_model, endpoint):
     base = make_pipeline(tiny_model, endpoint, "synthetic://ultrasound?fps=1", status_interval_s=0.1)
     src = FlakySource(failures=4, frames=5)
-    pipe = Pipeline(src, base.backend, base.publisher, status_interval_s=0.1, warmup_runs=0)
+    pipe = Pipeline(src, base.backend, base.publisher, options=StreamOptions(status_interval_s=0.1, warmup_runs=0))
     col = Collector(endpoint)
     t, result = run_in_thread(pipe)
     t.join(15)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import zmq
 
-from medstream.runtime.app import build_pipeline
 from medstream.runtime.config import load_config
 from medstream.runtime.frame import Frame, now_ns
+from medstream.runtime.stream import build_stream
 from medstream.runtime.wire import decode_overlay, decode_status, encode_frame
 
 
@@ -48,7 +48,7 @@ class Collector:
 def _pipeline(tiny_model, endpoint, source, **extra):
     cfg = load_config(None, {"source": source, "model": str(tiny_model), "publish": endpoint, "backend": "onnxruntime",
                              "threads": 1, **extra})
-    return build_pipeline(cfg)
+    return build_stream(cfg)
 
 
 def _run_in_thread(pipeline, **kw):

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import zmq
 
-from medstream.runtime.app import build_pipeline
 from medstream.runtime.config import load_config
 from medstream.runtime.errors import ConfigError
 from medstream.runtime.frame import Frame, now_ns
@@ -26,6 +25,7 @@ from medstream.runtime.security import (
     load_public_key,
 )
 from medstream.runtime.sources import open_source
+from medstream.runtime.stream import build_stream
 from medstream.runtime.wire import encode_frame
 from tests.conftest import free_port
 
@@ -173,7 +173,7 @@ def test_pipeline_with_curve_end_to_end(keys, tiny_model, endpoint):
                                    "allowed_clients_dir": str(keys["allowed_dir"]),
                                    "client_secret_key": str(keys["client"][1]),
                                    "frames_server_key": str(keys["sender"][0])}})
-    pipe = build_pipeline(cfg)
+    pipe = build_stream(cfg)
     good = _collector(endpoint, client_curve(keys["client"][1], keys["server"][0]))
     bad = _collector(endpoint, client_curve(keys["intruder"][1], keys["server"][0]))
     plain = _collector(endpoint, None)
@@ -204,12 +204,12 @@ def test_refuses_to_bind_a_remote_address_without_keys(tiny_model, ep):
     cfg = load_config(None, {"source": "synthetic://ultrasound?fps=10&width=64&height=64", "model": str(tiny_model),
                              "publish": ep, "backend": "onnxruntime"})
     with pytest.raises(ConfigError) as err:
-        build_pipeline(cfg)
+        build_stream(cfg)
     assert ep in err.value.what and "allow_insecure_remote" in err.value.fix
     # The explicit opt-out binds (all interfaces) and the pipeline is usable.
     cfg = load_config(None, {"source": "synthetic://ultrasound?fps=10&width=64&height=64", "model": str(tiny_model),
                              "publish": ep, "backend": "onnxruntime", "security": {"allow_insecure_remote": True}})
-    pipe = build_pipeline(cfg)
+    pipe = build_stream(cfg)
     assert pipe.publisher.bound_endpoint.startswith("tcp://0.0.0.0:")
     pipe.publisher.close()
 
@@ -218,13 +218,13 @@ def test_a_binding_frame_source_on_a_remote_address_needs_keys_too(tiny_model, e
     cfg = load_config(None, {"source": f"zmq+tcp://0.0.0.0:{free_port()}?bind=1", "model": str(tiny_model),
                              "publish": endpoint, "backend": "onnxruntime"})
     with pytest.raises(ConfigError, match="frame source"):
-        build_pipeline(cfg)
+        build_stream(cfg)
 
 
 def test_curve_without_keys_is_refused_naming_the_missing_setting(tiny_model, endpoint):
     base = {"source": "zmq+tcp://127.0.0.1:5999", "model": str(tiny_model), "publish": endpoint, "backend": "onnxruntime"}
     with pytest.raises(ConfigError, match="server_secret_key"):
-        build_pipeline(load_config(None, {**base, "security": {"curve": True}}))
+        build_stream(load_config(None, {**base, "security": {"curve": True}}))
 
 
 @pytest.mark.parametrize(("ep", "local"), [
@@ -272,7 +272,7 @@ def test_status_command_speaks_curve_and_a_plain_one_hears_nothing(keys, tiny_mo
         "backend": "onnxruntime", "threads": 1,
         "security": {"curve": True, "server_secret_key": str(keys["server"][1]),
                      "allowed_clients_dir": str(keys["allowed_dir"])}})
-    pipe = build_pipeline(cfg)
+    pipe = build_stream(cfg)
     t = threading.Thread(target=lambda: pipe.run(duration_s=12), daemon=True)
     t.start()
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from medstream.runtime.app import build_pipeline
+from medstream.runtime.stream import build_stream
 from medstream.runtime.config import load_config
 
 SPIN_STOP = "session.force_spinning_stop"
@@ -21,7 +21,7 @@ def _session_entry(session, key):
 def test_threads_stop_spinning_after_each_run_unless_configured(tiny_model, spin_after_run, expected):
     cfg = load_config(None, {"model": str(tiny_model), "backend": "onnxruntime", "threads": 1,
                              "publish": "tcp://127.0.0.1:0", "spin_after_run": spin_after_run})
-    pipe = build_pipeline(cfg)
+    pipe = build_stream(cfg)
     try:
         pipe.prepare()
         assert _session_entry(pipe.backend.session, SPIN_STOP) == expected

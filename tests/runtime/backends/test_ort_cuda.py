@@ -16,6 +16,7 @@ from medstream.runtime.backends.ort_cuda import (
     tensorrt_provider_options,
 )
 from medstream.runtime.errors import ModelLoadError
+from medstream.runtime.models.loader import load_model
 from tests.fixtures.gpu_models import conv_contract, tiny_conv
 from tests.fixtures.models import save
 
@@ -46,7 +47,7 @@ def test_onnxruntime_without_cuda_ep_stays_on_the_cpu_backend(tmp_path):
     if cuda_ep_available()[0]:
         pytest.skip("onnxruntime-gpu with a CUDA device is present here")
     path = save(tiny_conv(32), tmp_path / "m.onnx")
-    backend = load_backend("onnxruntime", str(path), conv_contract(32))
+    backend = load_backend(load_model(path, contract=conv_contract(32).model_dump(), backend="onnxruntime"))
     assert type(backend) is OnnxRuntimeBackend
     with backend:
         assert backend.device == "cpu"
@@ -57,7 +58,7 @@ def test_cuda_backend_refuses_clearly_on_a_cpu_only_build(tmp_path):
     if ok:
         pytest.skip("onnxruntime-gpu with a CUDA device is present here")
     path = save(tiny_conv(32), tmp_path / "m.onnx")
-    backend = load_backend("onnxruntime-cuda", str(path), conv_contract(32))
+    backend = load_backend(load_model(path, contract=conv_contract(32).model_dump(), backend="onnxruntime-cuda"))
     assert isinstance(backend, OrtCudaBackend)
     with pytest.raises(ModelLoadError) as err:
         backend.activate()

@@ -7,6 +7,7 @@ size, SHA-256 and key all match, so what is tested is exactly what protects the 
 from __future__ import annotations
 
 import json
+import stat
 from dataclasses import replace
 
 import pytest
@@ -72,6 +73,19 @@ def test_store_then_check_and_load(onnx_path, cache):
     assert manifest["contract"]["model_id"] == "tiny-conv"
     on_disk = json.loads(path.with_suffix(".json").read_text())
     assert on_disk == manifest
+
+
+def test_cached_engine_and_manifest_have_a_normal_files_mode(onnx_path, cache, tmp_path):
+    """Engines are built by an engineer and loaded by the service account: 0644 like any file (umask 022),
+    not the 0600 of a bare mkstemp (the old cache._atomic_write)."""
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    normal = stat.S_IMODE(plain.stat().st_mode)
+    path = cache.store(make_key(onnx_path, H100, "fp16"), ENGINE, conv_contract(32))
+    assert normal != 0o600
+    assert stat.S_IMODE(path.stat().st_mode) == normal
+    assert stat.S_IMODE(path.with_suffix(".json").stat().st_mode) == normal
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, path.with_suffix(".json").name])
 
 
 def test_corrupt_engine_bytes_are_refused(onnx_path, cache):

@@ -16,10 +16,10 @@ import pytest
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
-from medstream.runtime.app import build_pipeline
 from medstream.runtime.config import load_config
 from medstream.runtime.frame import Frame, now_ns
 from medstream.runtime.service.metrics import LATENCY_BUCKETS_MS, MetricsObserver
+from medstream.runtime.stream import build_stream
 from medstream.runtime.wire import encode_frame
 from tests.conftest import free_port
 
@@ -40,7 +40,7 @@ def test_final_scrape_equals_summary_exactly(tiny_model, endpoint):
     metrics = MetricsObserver(0)
     cfg = load_config(None, {"source": f"zmq+tcp://127.0.0.1:{port}", "model": str(tiny_model), "publish": endpoint,
                              "backend": "onnxruntime", "threads": 1, "inject": {"error_every": 5, "delay_ms": {"infer": 5}}})
-    pipe = build_pipeline(cfg, observers=[metrics])
+    pipe = build_stream(cfg, observers=[metrics])
     pipe.prepare()
     result: dict = {}
     t = threading.Thread(target=lambda: result.update(pipe.run()), daemon=True)

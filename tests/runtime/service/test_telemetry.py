@@ -11,7 +11,6 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from medstream.runtime.app import build_pipeline
 from medstream.runtime.config import load_config
 from medstream.runtime.service import make_observers
 from medstream.runtime.service.metrics import MetricsObserver
@@ -23,6 +22,7 @@ from medstream.runtime.service.telemetry import (
     TelemetrySampler,
     ThermalZoneReader,
 )
+from medstream.runtime.stream import build_stream
 from medstream.runtime.wire import decode_status, encode_status
 
 
@@ -123,8 +123,8 @@ def test_status_message_carries_device_telemetry(tiny_model, endpoint):
     cfg = load_config(None, {"source": "synthetic://ultrasound?fps=30", "model": str(tiny_model), "publish": endpoint,
                              "backend": "onnxruntime", "threads": 1})
     obs = TelemetryObserver(TelemetrySampler([PsutilReader()], interval_s=0.1))
-    pipe = build_pipeline(cfg, observers=[obs])
-    plain = build_pipeline(cfg.model_copy(update={"publish": "tcp://127.0.0.1:0"}))
+    pipe = build_stream(cfg, observers=[obs], telemetry=obs.telemetry)
+    plain = build_stream(cfg.model_copy(update={"publish": cfg.publish.model_copy(update={"endpoints": ["tcp://127.0.0.1:0"]})}))
     try:
         status = decode_status(encode_status({**pipe.status(), "seq": 0}))  # over the wire format
         assert status["device_telemetry"]["memory"]["total_bytes"] > 0
@@ -139,12 +139,12 @@ def test_make_observers():
     from medstream.runtime.config import RunConfig
     from medstream.runtime.service.notify import NotifyObserver
 
-    obs = make_observers(RunConfig())
+    obs = make_observers(RunConfig().service)
     try:
         assert [type(o) for o in obs] == [NotifyObserver, TelemetryObserver]
     finally:
         obs[1].sampler.close()
-    obs = make_observers(RunConfig(metrics_port=0))
+    obs = make_observers(RunConfig().service.model_copy(update={"metrics_port": 0}))
     try:
         assert isinstance(obs[2], MetricsObserver) and obs[2].host == "127.0.0.1"  # loopback by default
     finally:

@@ -7,6 +7,7 @@ So: the error paths are tested for real; the reader thread is tested with a real
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -117,17 +118,54 @@ def test_gst_needs_opencv_with_gstreamer():
         assert frame is not None and frame.image.ndim == 3 and frame.color_order == "bgr"
 
 
-@pytest.mark.xfail(strict=False, reason="timing-dependent on a loaded 2-core machine (the reader can hit the "
-                   "failure count before the newest-frame check); open problem, see closing note of issue 2")
+class GatedCapture:
+    """A real file capture that hands out its first frame, then blocks until the test opens the gate.
+
+    A file decodes its 10 tiny frames in a few milliseconds, far faster than any card delivers them, so
+    without the gate the reader thread may read several frames (or all, and report the device lost)
+    before the test's first ``read()``: the one-slot holder then rightly returns the newest frame, not
+    ``seq`` 0. The gate paces the "device" the way a real one paces itself, so the test is deterministic.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        self.gate = threading.Event()
+        self.reads = 0
+
+    def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+        return self.cap.isOpened()
+
+    def set(self, prop: int, value: float) -> bool:
+        return True
+
+    def read(self):
+        if self.reads >= 1:
+            self.gate.wait(10)  # never hangs a failed test for long
+        self.reads += 1
+        return self.cap.read()
+
+    def release(self) -> None:
+        self.cap.release()
+
+
 def test_reader_thread_delivers_frames_then_reports_lost_device(clip):
-    src = file_backed(clip)
+    captures: list[GatedCapture] = []
+
+    class FileBacked(CaptureSource):
+        def _make_capture(self):
+            captures.append(GatedCapture(clip))
+            return captures[-1]
+
+    src = FileBacked(parse_uri("v4l2://0?max_failures=3"))
     with src:
         frame = src.read(2.0)
-        assert frame is not None and frame.image.shape == (24, 32, 3) and frame.color_order == "bgr"
+        assert frame is not None and frame.seq == 0
+        assert frame.image.shape == (24, 32, 3) and frame.color_order == "bgr"
+        captures[-1].gate.set()  # the "device" now delivers the other 9 frames, then nothing
         deadline = time.monotonic() + 10  # the thread reads the rest; the one-slot holder keeps only the newest
         while src.frames_captured < 10 and time.monotonic() < deadline:
             time.sleep(0.02)
-        newest = src.read(1.0)
+        newest = src.read(1.0)  # delivered even if the device was already reported lost
         assert newest is not None and newest.seq == 9 and newest.seq > frame.seq + 1
         assert src.frames_replaced > 0
         # end of "stream": 3 empty reads in a row -> SourceError naming the device
@@ -138,6 +176,38 @@ def test_reader_thread_delivers_frames_then_reports_lost_device(clip):
     with src:  # reopening works (what the pipeline does after backoff)
         again = src.read(2.0)
         assert again is not None and again.seq == 0
+        captures[-1].gate.set()
+    assert len(captures) == 2
+
+
+def test_a_reader_outliving_close_leaves_nothing_in_the_next_session(clip):
+    """A device read that returns while close() and a reopen happen must not leak into the new session.
+
+    The test holds the holder's lock so the old reader is caught between its read and delivering the
+    frame while the source is closed and reopened: the old reader must then drop its frame.
+    """
+    captures: list = []
+
+    class FileBacked(CaptureSource):
+        def _make_capture(self):
+            captures.append(SlowCapture(clip, 0.3) if not captures else GatedCapture(clip))
+            return captures[-1]
+
+    src = FileBacked(parse_uri("v4l2://0?max_failures=3"))
+    src.open()
+    try:
+        with src._cond:  # the old reader's read returns within 0.3 s and then waits for this lock
+            time.sleep(1.0)
+            src.close()  # its join gives up after 1 s: the old reader is still waiting
+            src.open()  # new session, new capture (one frame, then gated)
+        first = src.read(2.0)
+        assert first is not None and first.seq == 0
+        time.sleep(0.3)
+        assert src.read(0.2) is None  # nothing from the old session arrived
+        assert src.frames_captured == 1 and src.frames_replaced == 0
+    finally:
+        captures[-1].gate.set()
+        src.close()
 
 
 def test_read_never_blocks_longer_than_timeout(clip):

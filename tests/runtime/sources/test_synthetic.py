@@ -101,3 +101,32 @@ def test_preload_renders_every_frame_before_the_first_is_due_then_loops():
     assert [f.seq for f in frames] == list(range(9)), "seq keeps counting while images loop"
     assert np.array_equal(frames[1].image, frames[5].image) and not np.array_equal(frames[1].image, frames[2].image)
     assert frames[8].t_capture_ns > frames[4].t_capture_ns
+
+
+def test_scenes_spread_frames_over_seeds_and_stride_skips_phantom_frames():
+    from medstream.runtime.phantom import FluoroscopyPhantom
+
+    with open_source("synthetic://fluoroscopy?fps=0&frames=5&scenes=2&stride=3&start=1&seed=4&width=48&height=48") as src:
+        frames = [src.read(1.0) for _ in range(5)]
+        with pytest.raises(SourceEnded):
+            src.read(1.0)
+    assert [f.seq for f in frames] == [0, 1, 2, 3, 4]
+    # 5 frames over 2 scenes: 3 of seed 4, then 2 of seed 5; frame i of a scene is phantom frame 1 + 3*i
+    for k, seed, number in ((0, 4, 1), (1, 4, 4), (2, 4, 7), (3, 5, 1), (4, 5, 4)):
+        image, mask = FluoroscopyPhantom(height=48, width=48, seed=seed).render(number)
+        np.testing.assert_array_equal(frames[k].image, image)
+        np.testing.assert_array_equal(frames[k].truth, mask)
+
+
+def test_scenes_and_stride_are_checked():
+    with pytest.raises(ConfigError, match="frames=N"):
+        open_source("synthetic://ultrasound?scenes=3")
+    with pytest.raises(ConfigError, match="scenes"):
+        open_source("synthetic://ultrasound?scenes=0&frames=3")
+    with pytest.raises(ConfigError, match="stride"):
+        open_source("synthetic://ultrasound?stride=0")
+    from medstream.runtime.sources.synthetic import scene_uris
+
+    assert scene_uris("synthetic://ultrasound?seed=7&scenes=3&frames=7&width=64") == [
+        "synthetic://ultrasound?seed=7&width=64&frames=3", "synthetic://ultrasound?seed=8&width=64&frames=2",
+        "synthetic://ultrasound?seed=9&width=64&frames=2"]

@@ -1,4 +1,4 @@
-"""The overlay and status publisher: one ZeroMQ PUB socket, used only by the worker thread.
+"""The ZeroMQ overlay sink: one PUB socket for overlays and status, used only by the worker thread.
 
 PUB never blocks the pipeline: a subscriber that is slow or gone has its queue capped at ``send_hwm``
 messages and loses the oldest overlays, not the pipeline's time. (A stale overlay is worse than none.)
@@ -13,12 +13,15 @@ import zmq
 
 from medstream.runtime.errors import ConfigError
 from medstream.runtime.frame import Overlay
+from medstream.runtime.sinks.base import OverlaySink
 from medstream.runtime.wire import encode_overlay, encode_status
 
 log = logging.getLogger("medstream.publisher")
 
+SCHEMES = ("tcp", "ipc", "inproc")
 
-class Publisher:
+
+class Publisher(OverlaySink):
     """Binds a PUB socket and sends overlays and status messages.
 
     Parameters
