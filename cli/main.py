@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from medstream.runtime.errors import MedstreamError
+from medstream.runtime.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, MedstreamError
 
 # Subcommand name -> module under medstream.cli.commands. Modules are imported lazily, only for the
 # subcommand asked for (so a missing optional extra breaks only the command that needs it), except
@@ -86,7 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", exc)
         return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception:  # a bug: say so plainly, keep the traceback for the report, exit with its own code
+        log.exception("medstream %s failed with an unexpected error (a bug). The traceback below is what to send "
+                      "to the developers; the service manager will restart the service.", chosen)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     except MedstreamError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from medstream.runtime.models import write_checksums
+
+    print(f"checksums: {write_checksums(out)} (the loader refuses a bundled file that does not match)", flush=True)
     print(f"all done in {time.perf_counter() - t0:.0f} s", flush=True)
     return 0
 

@@ -9,7 +9,7 @@ on) and is zero once the pipeline has stopped. Every frame ends in exactly one o
 from __future__ import annotations
 
 import threading
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,16 @@ SHUTDOWN = "shutdown"            # waiting in the mailbox when the pipeline stop
 POSTPROCESS_ERROR = "postprocess_error"
 
 _MAX_LATENCY_US = 60_000_000  # one minute: anything older is clamped, not lost
+
+#: Source ids whose last ``seq`` is remembered (least recently seen evicted first). A real deployment has
+#: one to a few senders; each entry costs ~250 bytes, so a sender cycling through 179,000 made-up ids
+#: grew the process by 44 MB before this bound (issue 14). An evicted id that comes back starts afresh
+#: (no gap counted for it), and evictions are counted (``source_ids_evicted``).
+MAX_TRACKED_SOURCE_IDS = 64
+#: The largest ``seq`` gap believed as frames lost upstream. ``seq`` is the sender's claim: a larger jump is
+#: a sender restart or a lie (one sender claimed 5.5e19 lost frames), counted in ``seq_jumps``, never added.
+#: 10,000 frames is about 2.8 minutes at 60 fps; an outage that long also shows as ``stalled``.
+MAX_SEQ_GAP = 10_000
 
 
 @dataclass
@@ -72,7 +82,10 @@ class FrameAccounting:
         self.published = 0
         self.publish_failed = 0
         self.lost_upstream = 0
-        self._last_seq: dict[str, int] = {}
+        self.seq_jumps = 0
+        self.source_ids_evicted = 0
+        self._last_seq: OrderedDict[str, int] = OrderedDict()  # LRU, at most MAX_TRACKED_SOURCE_IDS ids
+        self._invalid_since_accepted = 0
         self.dropped: Counter[str] = Counter()
         self.invalid_by_reason: Counter[str] = Counter()
         self.stale_at_publish = 0  # of dropped['stale']: fresh when work started, too old once the overlay was ready
@@ -84,17 +97,36 @@ class FrameAccounting:
             self.received += n
 
     def on_sequence(self, source_id: str, seq: int) -> None:
-        """Count frames lost *before* this process saw them, from gaps in the source's ``seq``.
+        """Count frames lost *before* this process saw them, from gaps in an accepted frame's ``seq``.
 
-        Such frames were never received, so they are outside the received = processed + dropped
-        invariant; ``lost_upstream`` makes them visible (a sender or network dropping frames). A seq
-        that goes backwards means the sender restarted: counting starts again from it.
+        Call it for accepted (decoded, valid) frames only. Such lost frames were never received, so they
+        are outside the received = processed + dropped invariant; ``lost_upstream`` makes them visible (a
+        sender or network dropping frames). Messages received but rejected as malformed since the last
+        accepted frame (:meth:`on_invalid_message`) are taken off the gap: they were received, and are
+        already counted in ``dropped{invalid}``. A seq that goes backwards means the sender restarted:
+        counting starts again from it. A gap over :data:`MAX_SEQ_GAP` is counted in ``seq_jumps`` and
+        not believed. At most :data:`MAX_TRACKED_SOURCE_IDS` ids are remembered (least recently seen
+        evicted, counted in ``source_ids_evicted``).
         """
         with self._lock:
-            last = self._last_seq.get(source_id)
+            invalid, self._invalid_since_accepted = self._invalid_since_accepted, 0
+            table = self._last_seq
+            last = table.pop(source_id, None)
             if last is not None and seq > last + 1:
-                self.lost_upstream += seq - last - 1
-            self._last_seq[source_id] = seq
+                gap = seq - last - 1
+                if gap > MAX_SEQ_GAP:
+                    self.seq_jumps += 1
+                else:
+                    self.lost_upstream += max(0, gap - invalid)
+            table[source_id] = seq  # (re)inserted last: the most recently seen
+            if len(table) > MAX_TRACKED_SOURCE_IDS:
+                table.popitem(last=False)
+                self.source_ids_evicted += 1
+
+    def on_invalid_message(self) -> None:
+        """A message received and rejected as malformed: it may carry a ``seq`` the next gap would count."""
+        with self._lock:
+            self._invalid_since_accepted += 1
 
     def on_dropped(self, reason: str, detail: str | None = None, n: int = 1) -> None:
         with self._lock:
@@ -142,6 +174,9 @@ class FrameAccounting:
                 "published": self.published,
                 "publish_failed": self.publish_failed,
                 "lost_upstream": self.lost_upstream,
+                "seq_jumps": self.seq_jumps,
+                "source_ids_tracked": len(self._last_seq),
+                "source_ids_evicted": self.source_ids_evicted,
                 "dropped": dropped,
                 "dropped_total": sum(dropped.values()),
                 "invalid_by_reason": dict(self.invalid_by_reason),

@@ -37,8 +37,15 @@ DEFAULT_MODEL = "ultrasound"
 DEFAULT_PUBLISH = "tcp://127.0.0.1:5556"
 
 
+#: A config file is a few KiB; anything past this is refused before it is parsed.
+MAX_CONFIG_BYTES = 256 * 1024
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown keys refused; no silent coercion (``threads: true`` is not 1, ``render_rgba: 'yes'`` is not true);
+    no NaN or infinity (``max_age_ms: .inf`` would turn the age check off)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class SourceSection(_Strict):
@@ -49,7 +56,7 @@ class SourceSection(_Strict):
     id: str | None = Field(default=None, description="stream name carried in every message (default: from the source)")
     stall_timeout_s: float = Field(default=1.0, gt=0, le=60, description="no frame for this long: status says 'stalled'")
     roi: tuple[int, int, int, int] | None = Field(
-        default=None, description="[x, y, w, h] in frame pixels: the part of each frame the model sees (e.g. the "
+        default=None, strict=False, description="[x, y, w, h] in frame pixels: the part of each frame the model sees (e.g. the "
         "B-mode area of a screen grab); overlays stay in full-frame coordinates")
 
     @field_validator("roi")
@@ -77,6 +84,8 @@ class ModelSection(_Strict):
     engine_cache: str | None = Field(default=None, description="TensorRT engine cache folder "
                                      "(default ~/.cache/medstream/engines)")
     no_build: bool = Field(default=False, description="TensorRT: refuse to build a missing engine")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$", description="pin the model file: refuse "
+                               "to start unless its SHA-256 is this (bundled models are always checked)")
     contract: dict[str, Any] | None = Field(default=None, description="fills in or overrides the model's "
                                             "embedded contract (docs/MODEL_CONTRACT.md)")
 
@@ -217,6 +226,37 @@ def _sectioned(data: dict[str, Any], renamed: dict[tuple[str, str], str]) -> dic
     return out
 
 
+def _read_yaml(p: Path) -> Any:
+    """The YAML at ``p``: a regular UTF-8 file of at most MAX_CONFIG_BYTES, without aliases, or a ConfigError."""
+    if p.is_dir():
+        raise ConfigError(f"config path {p} is a directory, not a file", "give the path of the YAML file itself")
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist", "check the --config path")
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"config file {p} cannot be read: {exc.strerror or exc}", "check its permissions") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {p} is {len(raw)} bytes, more than the {MAX_CONFIG_BYTES} a config may be",
+                          "check it is the right file; a medstream config is a few KiB")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {p} is not UTF-8 text (byte {exc.start} is 0x{raw[exc.start]:02x})",
+                          "save it as UTF-8 (most editors: 'Save with encoding')") from None
+    try:
+        # Aliases are refused before anything is built: a 478-byte file of nested aliases expands to
+        # hundreds of MB ("billion laughs"). A config never needs them.
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                mark = event.start_mark
+                raise ConfigError(f"config file {p} uses a YAML alias (*{event.anchor}) at line {mark.line + 1}",
+                                  "write the value out instead of referring to an anchor; aliases are not accepted")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {exc}", "fix the YAML syntax at the line shown") from None
+
+
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in over.items():
@@ -243,12 +283,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     if path is not None:
         where = str(path)
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist", "check the --config path")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {p} is not valid YAML: {exc}", "fix the YAML syntax at the line shown") from None
+        loaded = _read_yaml(p)
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -6,6 +6,16 @@ is enough to act on without reading code. The CLI prints ``str(error)`` and exit
 
 from __future__ import annotations
 
+#: Exit codes of every ``medstream`` command (docs/FAULTS.md, "Exit codes"). A service manager restarts on any
+#: non-zero code (``Restart=on-failure``); the number tells the operator which kind of failure it was.
+EXIT_OK = 0
+EXIT_ACCOUNTING = 1         # the run finished but received != processed + dropped (a bug: report it)
+EXIT_REFUSED = 2            # refused before anything started: config, model, contract, source, port (MedstreamError)
+EXIT_SOURCE_FAILED = 3      # the frame source failed in a way the runtime could not recover from
+EXIT_SUMMARY_NOT_WRITTEN = 4  # the run was fine but --summary could not be written (disk full, ...): counters printed
+EXIT_INTERNAL = 70          # an unexpected error (a bug): the traceback is in the log; please report it
+EXIT_INTERRUPTED = 130      # Ctrl-C before the run could stop cleanly
+
 
 class MedstreamError(Exception):
     """Base class: ``what`` went wrong, and ``fix``, the way out.
@@ -18,7 +28,7 @@ class MedstreamError(Exception):
         One sentence telling the reader what to do about it. Optional but expected.
     """
 
-    exit_code = 2
+    exit_code = EXIT_REFUSED
 
     def __init__(self, what: str, fix: str | None = None) -> None:
         self.what = what

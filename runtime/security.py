@@ -130,12 +130,21 @@ def generate_keypair(out_dir: str | Path, name: str, overwrite: bool = False) ->
     return Path(pub), Path(sec)
 
 
+def _is_file(p: Path, what: str) -> bool:
+    """``p.is_file()``, but a path the OS refuses (a 300-character name: errno 36) is a ConfigError naming it."""
+    try:
+        return p.is_file()
+    except OSError as exc:
+        raise ConfigError(f"{what} path {str(p)[:80]}... cannot be used: {exc.strerror} ({len(p.name)} characters)",
+                          "check the key option: it should name a NAME.key or NAME.key_secret file") from None
+
+
 def load_keypair(path: str | Path) -> tuple[bytes, bytes]:
     """``(public, secret)`` Z85 keys from a ``.key_secret`` file; a clear error names the file otherwise."""
     import zmq.auth
 
     p = Path(path)
-    if not p.is_file():
+    if not _is_file(p, "CURVE secret key file"):
         raise ConfigError(f"CURVE secret key file {p} does not exist",
                           "create one with: medstream keys generate --out DIR --name NAME (use the NAME.key_secret file)")
     try:
@@ -155,9 +164,9 @@ def load_public_key(value: str | Path) -> bytes:
 
     text = str(value).strip()
     p = Path(text)
-    if len(text) == 40 and not p.exists():
+    if len(text) == 40 and not _is_file(p, "CURVE public key"):
         return _key_bytes(text, "public key")
-    if not p.is_file():
+    if not _is_file(p, "CURVE public key"):
         raise ConfigError(f"CURVE public key {text!r} is neither a key file nor 40 Z85 characters",
                           "give the peer's NAME.key file (written by medstream keys generate)")
     try:
@@ -191,6 +200,30 @@ def load_allowed_keys(directory: str | Path | None = None, keys: Iterable[str | 
 
 
 # ----------------------------------------------------------------------------------------- server side
+def _counting_authenticator() -> Any:
+    """pyzmq's ``ThreadAuthenticator`` that also counts, per ZAP domain, the CURVE clients it refused.
+
+    A refused peer completes no handshake and so never shows as a message; without this count an
+    unauthenticated peer is invisible (issue 14: it showed only as ``stalled``).
+    """
+    from zmq.auth.thread import ThreadAuthenticator
+
+    class CountingAuthenticator(ThreadAuthenticator):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.refused: dict[str, int] = {}
+
+        def _authenticate_curve(self, domain: str, client_key: bytes) -> tuple[bool, bytes]:
+            allowed, reason = super()._authenticate_curve(domain, client_key)
+            if not allowed:  # runs on the authenticator's thread; an int update under the GIL
+                self.refused[domain] = self.refused.get(domain, 0) + 1
+                log.warning("refused an unauthenticated CURVE peer on %s: %s", domain,
+                            reason.decode("utf-8", "replace") if isinstance(reason, bytes) else reason)
+            return allowed, reason
+
+    return CountingAuthenticator
+
+
 class _ZapRegistry:
     """One ZAP handler (``ThreadAuthenticator``) per ZeroMQ context; each server socket has a domain."""
 
@@ -199,14 +232,17 @@ class _ZapRegistry:
         self._auth: dict[int, Any] = {}
         self._domains: dict[int, set[str]] = {}
 
-    def add(self, context: Any, domain: str, allowed: set[bytes]) -> None:
-        from zmq.auth.thread import ThreadAuthenticator
+    def refused(self, context: Any, domain: str) -> int:
+        """CURVE clients refused in ``domain`` on ``context`` since its handler started."""
+        auth = self._auth.get(id(context))
+        return 0 if auth is None else int(getattr(auth, "refused", {}).get(domain, 0))
 
+    def add(self, context: Any, domain: str, allowed: set[bytes]) -> None:
         with self._lock:
             key = id(context)
             auth = self._auth.get(key)
             if auth is None:
-                auth = _start_authenticator(context, ThreadAuthenticator)
+                auth = _start_authenticator(context, _counting_authenticator())
                 self._auth[key] = auth
                 self._domains[key] = set()
             # Authenticator.certs maps domain -> {public key: True}; configure_curve would read a directory.
@@ -295,6 +331,11 @@ class CurveServer:
         socket.curve_secretkey = self.secret_key
         socket.curve_publickey = self.public_key
         socket.curve_server = True
+
+    @property
+    def refused(self) -> int:
+        """Clients this server's ZAP handler refused (key not on the allow-list); the status carries it."""
+        return sum(_ZAP.refused(ctx, self.domain) for ctx in self._contexts)
 
     def close(self) -> None:
         """Stop the ZAP handler once no server uses it (after the sockets are closed)."""

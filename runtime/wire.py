@@ -34,28 +34,52 @@ FRAME_SCHEMA = "medstream.frame/1"
 OVERLAY_SCHEMA = "medstream.overlay/1"
 STATUS_SCHEMA = "medstream.status/1"
 
-_SOURCE_ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+# Matched with fullmatch: ``$`` would also match before a final newline ("cam1\n" was accepted).
+_SOURCE_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 COLOR_ORDERS = ("gray", "bgr", "rgb", "bgra", "rgba")
 _INT64_MAX = 2**63 - 1
+
+
+#: The largest frame payload accepted by default, and the per-part ``MAXMSGSIZE`` of the frame socket.
+#: Derived from what the worker can process inside the systemd watchdog budget (``WatchdogSec=10``,
+#: pings at most every 5 s): on the 2-core development VM a frame costs about 4 ms per MiB the first
+#: time its geometry is seen (preprocess with fresh buffers + receive + decode,
+#: ``benchmarks/frame_size_cost.py``), so 64 MiB costs about 0.3 s, under 1/15 of the 5 s ping margin,
+#: leaving room for a slower device. The old 512 MiB (8192x8192x4, 16-bit) took 2-5 s and stalled the
+#: watchdog 5.5 s (issue 14). 64 MiB still admits 4K BGRA (32 MiB), 4096x4096 16-bit gray (32 MiB)
+#: and 8192x8192 8-bit gray.
+DEFAULT_MAX_PAYLOAD_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
 class WireLimits:
     """Explicit bounds applied before any allocation: a hostile sender cannot make us allocate more.
 
-    The defaults admit any real scanner or capture card (up to 8K, 16-bit, 4 channels) and nothing
-    absurd. Lower them in config for a known device.
+    The defaults admit any real scanner or capture card (sides up to 8192, 16-bit, 4 channels, at most
+    :data:`DEFAULT_MAX_PAYLOAD_BYTES` of pixels per part) and nothing absurd. Lower them for a known
+    device: config ``source.max_width`` / ``max_height`` / ``max_frame_bytes``, or the ``zmq+`` URI's
+    ``max_width=``, ``max_height=``, ``max_bytes=`` (raising them above the defaults is refused).
     """
 
     max_header_bytes: int = 64 * 1024
     max_height: int = 8192
     max_width: int = 8192
-    max_payload_bytes: int = 8192 * 8192 * 4 * 2
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     allowed_dtypes: tuple[str, ...] = ("|u1", "<u2")
     allowed_channels: tuple[int, ...] = (1, 3, 4)
     max_parts: int = 4
     max_overlay_header_bytes: int = 1024 * 1024
     max_contour_points: int = 1_000_000
+
+    @property
+    def max_part_bytes(self) -> int:
+        """The largest single part a frame message may have (the frame socket's ``MAXMSGSIZE``)."""
+        return max(self.max_payload_bytes, self.max_header_bytes)
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest whole frame message: every part at its limit (the per-message memory bound)."""
+        return self.max_parts * self.max_part_bytes
 
 
 DEFAULT_LIMITS = WireLimits()
@@ -156,7 +180,7 @@ def _int_field(header: dict[str, Any], name: str, lo: int = 0, hi: int = _INT64_
 
 def source_id_of(header: dict[str, Any]) -> str:
     value = header.get("source_id")
-    if not isinstance(value, str) or not _SOURCE_ID.match(value):
+    if not isinstance(value, str) or not _SOURCE_ID.fullmatch(value):
         raise WireError("bad_field", f"field 'source_id' must match {_SOURCE_ID.pattern}, got {value!r:.80}")
     return value
 

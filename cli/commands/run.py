@@ -58,18 +58,21 @@ def _security_overrides(args) -> dict:
 
 
 def main(args) -> int:
+    import threading
+
+    from medstream.runtime.errors import (
+        EXIT_ACCOUNTING,
+        EXIT_OK,
+        EXIT_SOURCE_FAILED,
+        EXIT_SUMMARY_NOT_WRITTEN,
+    )
     from medstream.runtime.files import write_json_atomic
     from medstream.runtime.service import make_service_hooks
     from medstream.runtime.stream import build_stream
 
-    overrides = {k: getattr(args, k) for k in (
-        "source", "source_id", "model", "backend", "publish", "threads", "max_frames", "duration", "summary",
-        "max_age_ms", "render_rgba", "metrics_port", "engine_cache", "no_build")}
-    if sec := _security_overrides(args):
-        overrides["security"] = sec
-    cfg = load_config(args.config, overrides)
-    hooks = make_service_hooks(cfg.service)
-    pipeline = build_stream(cfg, observers=hooks.observers, telemetry=hooks.telemetry)
+    # Signals first: a SIGTERM while the model loads (a second or more) must still end in a summary.
+    stop_requested = threading.Event()
+    pipeline = None
 
     def _stop(signum, _frame):
         log.info("received %s: finishing the current frame and stopping", signal.Signals(signum).name)
@@ -79,7 +82,9 @@ def main(args) -> int:
             notify_stopping(f"received {signal.Signals(signum).name}")
         except ImportError:
             pass
-        pipeline.stop()
+        stop_requested.set()
+        if pipeline is not None:
+            pipeline.stop()
 
     def _hup(_signum, _frame):
         log.warning("SIGHUP: live config reload is not supported; the stream continues unchanged. "
@@ -89,14 +94,36 @@ def main(args) -> int:
     signal.signal(signal.SIGTERM, _stop)
     if hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, _hup)
+
+    overrides = {k: getattr(args, k) for k in (
+        "source", "source_id", "model", "backend", "publish", "threads", "max_frames", "duration", "summary",
+        "max_age_ms", "render_rgba", "metrics_port", "engine_cache", "no_build")}
+    if sec := _security_overrides(args):
+        overrides["security"] = sec
+    cfg = load_config(args.config, overrides)
+    hooks = make_service_hooks(cfg.service, allow_insecure_remote=cfg.security.allow_insecure_remote)
+    pipeline = build_stream(cfg, observers=hooks.observers, telemetry=hooks.telemetry)
     with pipeline:
+        if stop_requested.is_set():
+            pipeline.stop()
         pipeline.prepare()
         summary = pipeline.run(max_frames=cfg.run.max_frames, duration_s=cfg.run.duration)
-    if cfg.run.summary:
-        write_json_atomic(cfg.run.summary, summary)
     c = summary["counters"]
     lat = summary["latency_ms"].get("total", {})
+    # The counters go to stdout first, so they are seen even when the summary file cannot be written.
     print(json.dumps({"received": c["received"], "processed": c["processed"], "published": c["published"],
                       "dropped": c["dropped"], "accounting_ok": summary["accounting_ok"],
-                      "latency_ms_p50": lat.get("p50"), "latency_ms_p99": lat.get("p99")}), file=sys.stdout)
-    return 0 if summary["accounting_ok"] else 1
+                      "latency_ms_p50": lat.get("p50"), "latency_ms_p99": lat.get("p99")}), file=sys.stdout, flush=True)
+    code = EXIT_OK if summary["accounting_ok"] else EXIT_ACCOUNTING
+    if summary.get("source_crash"):
+        log.error("the frame source %s failed and could not recover (%s); the run stopped", cfg.source.uri,
+                  summary["source_crash"])
+        code = EXIT_SOURCE_FAILED
+    if cfg.run.summary:
+        try:
+            write_json_atomic(cfg.run.summary, summary)
+        except OSError as exc:
+            log.error("could not write the summary %s: %s. The counters are printed above; free space or choose "
+                      "another --summary path", cfg.run.summary, exc.strerror or exc)
+            return EXIT_SUMMARY_NOT_WRITTEN if code == EXIT_OK else code
+    return code

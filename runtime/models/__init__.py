@@ -57,12 +57,37 @@ def bundled_model_path(name: str | Path) -> Path:
     )
 
 
+CHECKSUMS = MODELS_DIR / "SHA256SUMS"
+
+
+def bundled_checksums() -> dict[str, str]:
+    """File name -> SHA-256 of every bundled model file, from ``SHA256SUMS`` (``sha256sum`` format)."""
+    if not CHECKSUMS.is_file():
+        return {}
+    sums = {}
+    for line in CHECKSUMS.read_text(encoding="utf-8").splitlines():
+        digest, _, name = line.strip().partition("  ")
+        if digest and name:
+            sums[name] = digest
+    return sums
+
+
+def write_checksums(folder: str | Path = MODELS_DIR) -> Path:
+    """Write ``SHA256SUMS`` for the model files in ``folder`` (run after training or calibrating bundled models)."""
+    from medstream.runtime.files import sha256_file, write_text_atomic
+
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".onnx", ".cache") and p.is_file())
+    return write_text_atomic(folder / "SHA256SUMS", "".join(f"{sha256_file(p)}  {p.name}\n" for p in files))
+
+
 def bundled_names() -> tuple[str, ...]:
     """Names accepted by :func:`bundled_model_path`."""
     return tuple(sorted(BUNDLED))
 
 
-__all__ = ["BUNDLED", "MODELS_DIR", "bundled_model_path", "bundled_names"]
+__all__ = ["BUNDLED", "CHECKSUMS", "MODELS_DIR", "bundled_checksums", "bundled_model_path", "bundled_names",
+           "write_checksums"]
 
 
 def int8_cpu_variant(int8_path: str | Path) -> Path:

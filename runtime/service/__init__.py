@@ -23,7 +23,7 @@ class ServiceHooks:
     telemetry: Callable[[], dict[str, Any]] | None = None
 
 
-def make_service_hooks(service: ServiceSection) -> ServiceHooks:
+def make_service_hooks(service: ServiceSection, *, allow_insecure_remote: bool = False) -> ServiceHooks:
     """Observers for a run: systemd notify (always; a no-op without ``NOTIFY_SOCKET``), device
     telemetry (always; sampled every 1.5 s on its own thread, carried in the status message as
     ``device_telemetry``), and Prometheus metrics when ``service.metrics_port`` is set.
@@ -34,8 +34,13 @@ def make_service_hooks(service: ServiceSection) -> ServiceHooks:
     telemetry = TelemetryObserver()
     observers: list[PipelineObserver] = [NotifyObserver(), telemetry]
     if service.metrics_port is not None:
+        from medstream.runtime.security import check_bind_allowed
         from medstream.runtime.service.metrics import MetricsObserver
 
+        # The same rule as every other socket: metrics (stream names, counters) stay on loopback unless the
+        # operator says the network is isolated. Prometheus metrics have no encryption of their own.
+        check_bind_allowed(f"tcp://{service.metrics_host}:{service.metrics_port}", encrypted=False,
+                           allow_insecure_remote=allow_insecure_remote, what="the Prometheus metrics endpoint")
         try:
             observers.append(MetricsObserver(service.metrics_port, service.metrics_host, telemetry=telemetry.telemetry))
         except Exception:

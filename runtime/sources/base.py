@@ -89,6 +89,11 @@ class Source(abc.ABC):
     def describe(self) -> dict[str, Any]:
         return {"uri": self.uri.raw, "source_id": self.source_id, "kind": type(self).__name__}
 
+    def preflight(self) -> None:
+        """Cheap checks before anything is bound or started (a file that cannot be decoded, say); raise
+        :class:`~medstream.runtime.errors.ConfigError` naming the problem. Live sources need none."""
+        return None
+
     def listen_endpoint(self) -> str | None:
         """The network endpoint this source will *bind* (listen on), or ``None`` when it connects or reads
         locally. Assembly checks it against the non-loopback rule (docs/SECURITY.md) before opening."""

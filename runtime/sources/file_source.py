@@ -114,7 +114,12 @@ def read_array(path: Path) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         raise WireError("decode_failed", f"{path}: cannot read ({exc})") from None
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    except cv2.error as exc:  # e.g. a header claiming 100000x100000 pixels (OpenCV's CV_IO_MAX_IMAGE_PIXELS)
+        detail = str(exc).strip().splitlines()[-1][:200]
+        reason = "too_large" if "MAX_IMAGE_PIXELS" in detail else "decode_failed"
+        raise WireError(reason, f"{path}: OpenCV refuses to decode this image ({detail})") from None
     if image is None:
         raise WireError("decode_failed", f"{path}: OpenCV cannot decode this image (corrupt or truncated?)")
     return image
@@ -211,6 +216,24 @@ class FileSource(Source):
                 native = self._cap.get(cv2.CAP_PROP_FPS)
                 self.fps = native if math.isfinite(native) and 0 < native <= 1000 else _DEFAULT_FOLDER_FPS
         self._t0 = time.perf_counter()
+
+    def preflight(self) -> None:
+        """Before anything is bound: a video must open and decode its first frame (a zero-byte or random-bytes
+        file is refused here with the file named, not after the publisher is up)."""
+        if self.mode != "video":
+            return
+        cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+        try:
+            ok = cap.isOpened() and cap.read()[0]
+        except cv2.error:
+            ok = False
+        finally:
+            cap.release()
+        if not ok:
+            size = self.path.stat().st_size if self.path.exists() else 0
+            raise ConfigError(f"{str(self.path)!r} is not a video OpenCV (FFmpeg) can decode "
+                              f"({size} bytes{'; the file is empty' if size == 0 else ''})",
+                              f"check the file is a complete video (copy it again), or give {_ACCEPTED}")
 
     def _open_video(self) -> None:
         if self._cap is not None:

@@ -17,6 +17,24 @@ connects to it. Query parameters:
     noticed even when TCP would wait for minutes.
 ``id=NAME``
     Source id for logs and status (frames keep the ``source_id`` their sender put in them).
+``max_width=N``, ``max_height=N``, ``max_bytes=N``
+    Lower the wire limits for a known device (defaults: :class:`~medstream.runtime.wire.WireLimits`,
+    sides 8192, 64 MiB of pixels per part); a value above the default is refused. ``max_bytes`` is also
+    the socket's ``MAXMSGSIZE``.
+
+Memory bounds (issue 14). libzmq hands a multipart message over only once *all* its parts have arrived,
+and ``MAXMSGSIZE`` bounds each part, not the message or its part count, so a socket option alone cannot
+bound what one message costs. Three layers do:
+
+* ``MAXMSGSIZE`` = the largest part the limits allow: a larger part makes libzmq drop the peer before
+  it allocates the part (the sender is then reported, see below);
+* messages are received part by part: after ``max_parts`` parts the rest is received and released one
+  part at a time, so this process never holds more than ``max_parts`` parts of a message;
+* a memory guard: while this source waits, its resident memory may grow by at most
+  ``(hwm + 1) x (2 x max_bytes + header)`` plus a margin (:attr:`ZmqSource.memory_budget_bytes`, the
+  receive queue full of the largest valid frames); beyond that the socket is closed, which frees the
+  message libzmq was assembling, and opened again (counted in ``oversized_messages``; logged). Measured
+  figures: docs/SECURITY.md.
 
 Connection loss is not an error here: ZeroMQ reconnects by itself, so :meth:`ZmqSource.read` keeps
 returning ``None`` while the sender is gone and frames resume when it is back, without reopening. The
@@ -30,7 +48,10 @@ the pipeline reopens the source with backoff.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 import math
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -44,6 +65,8 @@ from medstream.runtime.security import apply_curve_client
 from medstream.runtime.sources.base import Source, SourceURI
 from medstream.runtime.wire import DEFAULT_LIMITS, FRAME_TOPIC, WireError, WireLimits, decode_frame
 
+log = logging.getLogger("medstream.source.zmq")
+
 _HANDSHAKE_FAILURES = {
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the security handshake failed (wrong CURVE server key?)",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "the peer uses another security mechanism or protocol (CURVE on one side only?)",
@@ -55,6 +78,38 @@ _MONITOR_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.
 #: scheduled within this many seconds, libzmq gave up on the peer for good: it does that after a
 #: protocol error (a message over MAXMSGSIZE, a security mechanism mismatch).
 _NO_RETRY_GRACE_S = 1.0
+#: How often (seconds) the memory guard reads this process's resident memory while the source waits.
+#: A hostile message arriving over loopback at ~2 GB/s can add ~40 MB between two looks.
+_GUARD_PERIOD_S = 0.02
+#: Growth allowed on top of a full receive queue: the worker's temporaries for one frame (preprocessing a
+#: 64 MiB frame allocates about 2x its size, freed after) and allocator slack.
+_GUARD_MARGIN_BYTES = 128 * 2**20
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _rss_bytes() -> int:
+    """This process's resident memory: /proc/self/statm where there is one (about 10 us), else psutil."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except OSError:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+
+
+def _limits_from_uri(uri: SourceURI, limits: WireLimits) -> WireLimits:
+    """``limits`` lowered by the URI's ``max_width=``/``max_height=``/``max_bytes=`` (never raised)."""
+    changes = {}
+    for param, field in (("max_width", "max_width"), ("max_height", "max_height"), ("max_bytes", "max_payload_bytes")):
+        if param not in uri.params:
+            continue
+        value, ceiling = uri.param(param, 0, int), getattr(limits, field)
+        if not 1 <= value <= ceiling:
+            raise ConfigError(f"source {uri.raw!r}: {param}={value} is outside 1..{ceiling}",
+                              f"{param}= can only lower the wire limit (at most {ceiling}); see docs/WIRE.md")
+        changes[field] = value
+    return dataclasses.replace(limits, **changes) if changes else limits
 
 
 class ZmqSource(Source):
@@ -69,8 +124,9 @@ class ZmqSource(Source):
     curve
         Optional CURVE client keys (see :func:`medstream.runtime.security.apply_curve_client`).
     limits
-        Wire limits applied to every message; their largest part size also becomes the socket's
-        ``MAXMSGSIZE``, so an oversized message is refused by ZeroMQ before it is allocated.
+        Wire limits applied to every message (the URI's ``max_*=`` lower them further); their largest
+        part size also becomes the socket's ``MAXMSGSIZE``, so an oversized part is refused by ZeroMQ
+        before it is allocated.
     """
 
     def __init__(self, uri: SourceURI, source_id: str | None = None, *,
@@ -96,7 +152,12 @@ class ZmqSource(Source):
         if self.heartbeat_s < 0:
             raise ConfigError(f"source {uri.raw!r}: heartbeat must be >= 0 seconds", "use heartbeat=1 (0 = off)")
         self.curve = curve
-        self.limits = limits
+        self.limits = _limits_from_uri(uri, limits)
+        #: Growth of resident memory allowed while waiting: a receive queue full of the largest valid frames.
+        self.memory_budget_bytes = ((self.hwm + 1) * (2 * self.limits.max_payload_bytes + self.limits.max_header_bytes)
+                                    + _GUARD_MARGIN_BYTES)
+        self._rss_base = 0
+        self._next_guard = 0.0
         self._socket: zmq.Socket | None = None
         self._monitor: zmq.Socket | None = None
         self._poller: zmq.Poller | None = None
@@ -109,6 +170,10 @@ class ZmqSource(Source):
         self.messages_received = 0
         self.invalid_messages = 0
         self.disconnects = 0
+        #: Messages refused for their size: over ``max_parts`` parts, or cut off by the memory guard.
+        self.oversized_messages = 0
+        #: Connections whose security handshake failed (a sender with other CURVE keys, none, or refusing ours).
+        self.peers_refused = 0
 
     # ------------------------------------------------------------------------------------ lifecycle
     def listen_endpoint(self) -> str | None:
@@ -120,7 +185,7 @@ class ZmqSource(Source):
         try:
             sock.linger = 0
             sock.rcvhwm = self.hwm
-            sock.maxmsgsize = max(self.limits.max_payload_bytes, self.limits.max_header_bytes)
+            sock.maxmsgsize = self.limits.max_part_bytes
             sock.reconnect_ivl = 100
             sock.reconnect_ivl_max = 2000
             if self.heartbeat_s > 0:
@@ -150,6 +215,8 @@ class ZmqSource(Source):
         self._last_message = None
         self._peers = self._failed_handshakes = 0
         self._dropped_at = None
+        self._rss_base = _rss_bytes()
+        self._next_guard = 0.0
 
     def _close(self) -> None:
         sock, monitor = self._socket, self._monitor
@@ -177,16 +244,19 @@ class ZmqSource(Source):
             raise SourceError(f"source {self.uri.raw!r} is not open", "call open() first")
         deadline = time.perf_counter() + max(timeout, 0.0)
         while True:
-            remaining_ms = max(0, math.ceil((deadline - time.perf_counter()) * 1000))
-            try:
-                ready = dict(self._poller.poll(remaining_ms))
+            now = time.perf_counter()
+            if now >= self._next_guard:
+                self._guard_memory(now)
+            remaining_ms = max(0, math.ceil((deadline - now) * 1000))
+            try:  # in slices, so the memory guard looks while a large message is still arriving
+                ready = dict(self._poller.poll(min(remaining_ms, math.ceil(_GUARD_PERIOD_S * 1000))))
             except zmq.ZMQError as exc:
                 raise SourceError(f"polling {self.configured_endpoint} failed: {exc}", "reopen the source") from None
             if self._monitor in ready:
                 self._drain_monitor()
             if self._socket in ready:
                 try:
-                    parts = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                    parts = self._receive_parts()
                 except zmq.Again:
                     continue
                 except zmq.ZMQError as exc:
@@ -205,6 +275,51 @@ class ZmqSource(Source):
             if not ready and remaining_ms == 0:
                 self._check_given_up()
                 return None
+
+    def _receive_parts(self) -> list[Any]:
+        """One message, part by part: parts past ``max_parts`` are received and released at once, never held.
+
+        Raises ``zmq.Again`` when no message waits, and :class:`WireError` (``bad_parts``, after the whole
+        message was taken off the socket) when it had too many parts.
+        """
+        assert self._socket is not None
+        sock, max_parts = self._socket, self.limits.max_parts
+        part = sock.recv(zmq.NOBLOCK, copy=False)
+        parts = [part]
+        extra = 0
+        while part.more:  # libzmq delivers a message whole: the remaining parts are already here
+            part = sock.recv(copy=False)
+            if len(parts) < max_parts:
+                parts.append(part)
+            else:
+                extra += 1
+        if extra:
+            parts.clear()
+            self._last_message = time.perf_counter()
+            self.messages_received += 1
+            self.invalid_messages += 1
+            self.oversized_messages += 1
+            raise WireError("bad_parts", f"a frame message has 3 or 4 parts [topic, header, pixels, truth?], got "
+                                         f"{max_parts + extra} (the parts past {max_parts} were discarded unread)")
+        return parts
+
+    def _guard_memory(self, now: float) -> None:
+        """Close and reopen the socket if resident memory grew past :attr:`memory_budget_bytes` since it opened.
+
+        libzmq assembles a multipart message in memory before handing over any part, and nothing in
+        libzmq bounds the number of parts: closing the socket is the only way to free a message that is
+        still arriving. A valid stream stays far below the budget (the queue holds at most ``hwm`` frames).
+        """
+        self._next_guard = now + _GUARD_PERIOD_S
+        grown = _rss_bytes() - self._rss_base
+        if grown <= self.memory_budget_bytes:
+            return
+        self.oversized_messages += 1
+        log.warning("frame source %s: memory grew by %d MiB while waiting (budget %d MiB): a sender is streaming a "
+                    "message larger than any valid frame; closing and reopening the socket to free it",
+                    self.configured_endpoint, grown >> 20, self.memory_budget_bytes >> 20)
+        self._close()
+        self._open()  # a SourceError here (a bound port not yet released) reaches the receiver: it reopens with backoff
 
     def _check_given_up(self) -> None:
         """Raise :class:`SourceError` if libzmq dropped the sender and will not reconnect by itself."""
@@ -231,6 +346,7 @@ class ZmqSource(Source):
                 self.last_handshake_error = None
             elif kind in _HANDSHAKE_FAILURES:
                 self._failed_handshakes += 1
+                self.peers_refused += 1
                 self.last_handshake_error = _HANDSHAKE_FAILURES[kind]
             elif kind == zmq.EVENT_DISCONNECTED:
                 if self._failed_handshakes:  # the end of a connection that never completed its handshake
@@ -297,7 +413,12 @@ class ZmqSource(Source):
             "messages_received": self.messages_received,
             "invalid_messages": self.invalid_messages,
             "disconnects": self.disconnects,
+            "oversized_messages": self.oversized_messages,
+            "peers_refused": self.peers_refused,
             "last_handshake_error": self.last_handshake_error,
+            "limits": {"max_width": self.limits.max_width, "max_height": self.limits.max_height,
+                       "max_bytes": self.limits.max_payload_bytes, "max_parts": self.limits.max_parts},
+            "memory_budget_mib": round(self.memory_budget_bytes / 2**20, 1),
             "hwm": self.hwm,
             "heartbeat_s": self.heartbeat_s,
             "curve": self.curve is not None,

@@ -101,7 +101,7 @@ def build_stream(cfg: RunConfig, *, observers: list[PipelineObserver] | None = N
     ``security`` (an object with ``apply_server(socket)`` and ``close()``) replaces the CURVE server built
     from ``cfg.security``; ``telemetry`` gives the latest device sample for status messages.
     """
-    model = load_model(cfg.model.file, contract=cfg.model.contract, backend=cfg.model.backend)
+    model = load_model(cfg.model.file, contract=cfg.model.contract, backend=cfg.model.backend, sha256=cfg.model.sha256)
     with ExitStack() as undo:  # whatever is opened here is closed again if a later check fails
         if security is None:
             security = server_security(cfg.security)
@@ -112,6 +112,7 @@ def build_stream(cfg: RunConfig, *, observers: list[PipelineObserver] | None = N
         # here; no network message ever reaches open_source.
         source = open_source(cfg.source.uri, source_id=cfg.source.id, allow_pipeline_uris=True,
                              **({"curve": curve} if curve else {}))
+        source.preflight()
         listen = source.listen_endpoint()
         if listen is not None:
             check_bind_allowed(listen, encrypted=curve is not None,

@@ -173,10 +173,14 @@ class Pipeline:
         deadline = self._t_start + duration_s if duration_s else None
         self.receiver.start(max_frames)
         next_status = time.monotonic()
+        announced = self.receiver.state
         try:
             while True:
                 now = time.monotonic()
-                if now >= next_status:
+                # A change of source state (stalled, live, reconnecting) is published at once, not at the next
+                # period: a stall shows within stall_timeout_s (+ at most 0.1 s, the longest wait below).
+                if now >= next_status or self.receiver.state != announced:
+                    announced = self.receiver.state
                     self._publish_status()
                     next_status = now + self.options.status_interval_s
                 if deadline is not None and now >= deadline:
@@ -326,6 +330,8 @@ class Pipeline:
                         if k in ("total", "infer", "compute", "queue")},
             model_id=self.backend.contract.model_id, backend=self.backend.name, device=self.backend.device,
             backend_state=self.backend_state, backend_error=self.backend_error,
+            peers_refused=self.receiver.peers_refused,
+            subscribers_refused=int(getattr(self.security, "refused", 0) or 0),
             device_telemetry=telemetry, extra=self._sink_counts(),
         )
 
@@ -360,6 +366,7 @@ class Pipeline:
             "latency_ms": self.accounting.latency_summary(),
             "source": self.source.describe(),
             "source_state": self.receiver.state,
+            "source_crash": self.receiver.crash,
             "backend": self.backend.describe(),
             "duration_s": round(time.monotonic() - self._t_start, 3),
         }

@@ -40,6 +40,7 @@ class Receiver:
         self.last_frame_mono = time.monotonic()
         self.done = threading.Event()
         self.max_frames: int | None = None
+        self.crash: str | None = None  # an unexpected error that ended the receiver (a bug in a source)
         self._thread: threading.Thread | None = None
 
     def start(self, max_frames: int | None = None) -> None:
@@ -87,20 +88,45 @@ class Receiver:
                 except WireError as exc:
                     self.accounting.on_received()
                     self.accounting.on_dropped(acc.INVALID, exc.reason)
-                    log.debug("rejected a malformed frame (%s): %s", exc.reason, exc)
+                    self.accounting.on_invalid_message()
+                    if log.isEnabledFor(logging.DEBUG):
+                        log.debug("rejected a malformed frame (%s): %s", exc.reason, exc)
+                    self._check_stall()  # a flood of malformed messages is no frame: it must not hide a stall
                     continue
                 if frame is None:
-                    if self.seconds_since_frame() > self.stall_timeout_s and self.state != STALLED:
-                        self.state = STALLED
-                        log.warning("source %s stalled: no frame for %.1f s", self.source.uri.raw, self.stall_timeout_s)
+                    self._check_stall()
                     continue
                 self._accept(frame, backoff)
-        except Exception:  # a bug in a source must not leave the worker waiting forever
+        except Exception as exc:  # a bug in a source must not leave the worker waiting forever
             log.exception("receiver thread failed on source %s", self.source.uri.raw)
+            self.crash = f"{type(exc).__name__}: {str(exc)[:300]}"
+            self.error = self.crash
             self.state = STOPPED
         finally:
             self.done.set()
             self.mailbox.wake()
+
+    @property
+    def peers_refused(self) -> int:
+        """Senders whose security handshake failed since the source was made (CURVE keys not accepted)."""
+        return int(getattr(self.source, "peers_refused", 0) or 0)
+
+    def _check_stall(self) -> None:
+        """``stalled`` once no valid frame came for ``stall_timeout_s``; say so when a peer was refused.
+
+        Checked after every read that brought no frame (each read waits at most 50 ms), so the state changes
+        within ``stall_timeout_s`` + 50 ms; the pipeline publishes a status as soon as the state changes.
+        """
+        if self.seconds_since_frame() <= self.stall_timeout_s:
+            return
+        refused = self.peers_refused
+        if refused:
+            why = getattr(self.source, "last_handshake_error", None) or "security handshake failed"
+            self.error = f"unauthenticated peer refused ({refused} handshake(s) failed: {why})"
+        if self.state != STALLED:
+            self.state = STALLED
+            log.warning("source %s stalled: no frame for %.1f s%s", self.source.uri.raw, self.stall_timeout_s,
+                        f"; {self.error}" if refused else "")
 
     def _accept(self, frame: Frame, backoff: Backoff) -> None:
         frame.t_receive_ns = time.perf_counter_ns()

@@ -40,6 +40,11 @@ class StreamStatus:
     backend_error: str | None = None
     end_of_stream: bool = False
     """True on the last status of a run whose source ended (a file played out, a finite stream): viewers stop."""
+    peers_refused: int = 0
+    """Frame senders whose security handshake failed (CURVE on, keys not accepted); ``source_error`` then says
+    ``unauthenticated peer refused (N ...)`` while no frame arrives."""
+    subscribers_refused: int = 0
+    """Overlay subscribers the publisher's ZAP handler refused (key not on the allow-list)."""
     device_telemetry: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

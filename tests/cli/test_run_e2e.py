@@ -162,3 +162,27 @@ def test_view_saves_rendered_overlays(tiny_model, tmp_path):
 
     img = cv2.imread(str(pngs[0]))
     assert img.shape == (256, 256, 3)
+
+
+def test_view_stops_within_a_second_of_the_end_of_the_stream(tiny_model, tmp_path):
+    """The run's last status says the stream ended; the viewer stops on it instead of waiting out --timeout."""
+    overlay_port, frame_port = free_port(), free_port()
+    out_dir = tmp_path / "frames"
+    view = _spawn(["view", "--connect", f"tcp://127.0.0.1:{overlay_port}", "--frames-from",
+                   f"tcp://127.0.0.1:{frame_port}", "--save", f"{out_dir}/", "--timeout", "30"])
+    run = _spawn(["run", "--source", f"zmq+tcp://127.0.0.1:{frame_port}", "--model", str(tiny_model), "--threads", "1",
+                  "--publish", f"tcp://127.0.0.1:{overlay_port}", "--max-frames", "40"])
+    sim = _spawn(["simulate", "--kind", "ultrasound", "--rate", "30", "--frames", "40", "--width", "64", "--height",
+                  "64", "--publish", f"tcp://127.0.0.1:{frame_port}", "--wait-subscribers", "2"])
+    try:
+        run.communicate(timeout=60)
+        t_end = time.monotonic()
+        view.communicate(timeout=30)
+        stopped_after = time.monotonic() - t_end
+    finally:
+        for p in (sim, run, view):
+            if p.poll() is None:
+                p.kill()
+    assert run.returncode == 0 and view.returncode == 0
+    assert stopped_after < 1.5, f"view kept waiting {stopped_after:.1f} s after the run ended"
+    assert len(list(out_dir.glob("*.png"))) >= 30  # it drew the stream, on its frames, before stopping

@@ -97,9 +97,13 @@ def test_reused_output_buffers_give_the_same_results(tiny_model):
 def test_cpu_backend_takes_the_u8s8_twin_of_an_int8_model(tiny_model, tmp_path):
     import shutil
 
-    c = read_contract(tiny_model)
+    from medstream.runtime.backends import load_backend
+    from medstream.runtime.models.loader import load_model
+
+    # the model loader picks the variant (runtime/models/loader.py), the runner opens exactly that file
     int8 = tmp_path / "m.int8.onnx"
     shutil.copy(tiny_model, int8)
-    assert OnnxRuntimeBackend(str(int8), c).activate().model_path == str(int8)  # no twin: the file itself
+    assert load_backend(load_model(int8, backend="onnxruntime")).activate().model_path == str(int8)  # no twin
     shutil.copy(tiny_model, tmp_path / "m.int8-cpu.onnx")
-    assert OnnxRuntimeBackend(str(int8), c).activate().model_path == str(tmp_path / "m.int8-cpu.onnx")
+    runner = load_backend(load_model(int8, backend="onnxruntime")).activate()
+    assert isinstance(runner, OnnxRuntimeBackend) and runner.model_path == str(tmp_path / "m.int8-cpu.onnx")

@@ -116,7 +116,10 @@ def test_status_is_typed_and_the_wire_keeps_its_fields(tiny_model, endpoint):
 def test_injection_wraps_the_backend_only_when_configured(tiny_model, endpoint):
     with build_stream(_cfg(tiny_model, endpoint, "synthetic://ultrasound")) as plain:
         assert not isinstance(plain.backend, InjectingBackend) and isinstance(plain.backend, Backend)
-    with build_stream(_cfg(tiny_model, endpoint, "synthetic://ultrasound", inject={"error_every": 2})) as injected:
+    from tests.conftest import free_port
+
+    other = f"tcp://127.0.0.1:{free_port()}"  # the first publisher's port is released asynchronously
+    with build_stream(_cfg(tiny_model, other, "synthetic://ultrasound", inject={"error_every": 2})) as injected:
         assert isinstance(injected.backend, InjectingBackend)
         assert injected.backend.describe()["inject"] == {"error_every": 2}
 
