@@ -235,11 +235,27 @@ def stream(s: Settings, name: str, rate: float, *, engine: str = "medstream", n_
     frames = max(1, int(round(rate * s.duration_s)))
     interval_ms = 1000.0 / rate
     lanes = []
+    # medstream serves several streams from ONE process and one model session (config `streams:`); the
+    # naive loop and the relay have no such mode, so they run one process per stream.
+    shared = engine == "medstream" and n_streams > 1
+    shared_pub = f"tcp://127.0.0.1:{harness.free_port()}"
     with harness.ProcessGroup(out) as group:
+        sims = [f"tcp://127.0.0.1:{harness.free_port()}" for _ in range(n_streams)]
+        if shared:
+            cfg = out / "run.yaml"
+            cfg.write_text(json.dumps({  # JSON is YAML
+                "streams": [{"uri": f"zmq+{ep}", "id": f"bench{i}"} for i, ep in enumerate(sims)],
+                **({"inject": {"delay_ms": s.inject_delay_ms}} if s.inject_delay_ms else {})}))
+            shared_worker = group.spawn("run", harness.medstream_cmd(
+                "--log-level", "WARNING", "run", "--config", str(cfg), "--model", str(s.model_path),
+                "--backend", "onnxruntime", "--publish", shared_pub, "--threads", str(s.threads),
+                "--summary", str(out / "run_summary.json")))
         for i in range(n_streams):
             tag = f"{i}" if n_streams > 1 else ""
-            sim_ep, pub_ep = f"tcp://127.0.0.1:{harness.free_port()}", f"tcp://127.0.0.1:{harness.free_port()}"
-            if engine == "medstream":
+            sim_ep, pub_ep = sims[i], (shared_pub if shared else f"tcp://127.0.0.1:{harness.free_port()}")
+            if shared:
+                worker = shared_worker
+            elif engine == "medstream":
                 argv = ["--log-level", "WARNING", "run", "--source", f"zmq+{sim_ep}", "--model", str(s.model_path),
                         "--backend", "onnxruntime", "--publish", pub_ep, "--threads", str(s.threads),
                         "--summary", str(out / f"run{tag}_summary.json"), "--source-id", f"bench{tag}"]
@@ -263,7 +279,8 @@ def stream(s: Settings, name: str, rate: float, *, engine: str = "medstream", n_
             sub = group.spawn(f"subscriber{tag}", harness.module_cmd(
                 "medstream.benchmarks.subscriber", "--connect", pub_ep, "--out", str(out / f"subscriber{tag}.json"),
                 "--interval-ms", f"{interval_ms:.6f}", "--warmup-s", str(s.warmup_s), "--ready-file", str(ready),
-                "--idle-exit-s", "2.0", "--max-s", str(s.duration_s * 3 + s.drain_timeout_s + 120)))
+                "--idle-exit-s", "2.0", "--max-s", str(s.duration_s * 3 + s.drain_timeout_s + 120),
+                *(["--stream", f"bench{i}"] if shared else [])))
             lanes.append({"tag": tag, "worker": worker, "sub": sub, "ready": ready, "sim_ep": sim_ep})
         for lane in lanes:
             harness.wait_for_file(lane["ready"], 90, [lane["worker"], lane["sub"]])
@@ -295,11 +312,25 @@ def stream(s: Settings, name: str, rate: float, *, engine: str = "medstream", n_
                 unfinished.append(lane["sub"].name)
         resources = group.resources()
     # leaving the group sent SIGTERM to run/naive (summary written) and to any subscriber still waiting
+    if shared:
+        _split_shared_summary(out, n_streams)
     per_stream = []
     for lane in lanes:
         per_stream.append(_lane_result(s, out, lane["tag"], engine, rate, frames, interval_ms, resources,
                                        lane["sim"].log_path, lane["sub"].name in unfinished))
     return per_stream[0] if n_streams == 1 else _merge_streams(name, per_stream, rate)
+
+
+def _split_shared_summary(out: Path, n_streams: int) -> None:
+    """One multi-stream run's summary as one ``run<i>_summary.json`` per stream (what each lane reads)."""
+    from medstream.runtime.files import write_json_atomic
+
+    path = out / "run_summary.json"
+    if not path.is_file():
+        return
+    summary = json.loads(path.read_text())
+    for i, lane in enumerate(summary.get("streams", [])[:n_streams]):
+        write_json_atomic(out / f"run{i}_summary.json", lane)
 
 
 def _lane_result(s: Settings, out: Path, tag: str, engine: str, rate: float, frames: int, interval_ms: float,

@@ -15,8 +15,16 @@ Every ``--fault-every`` seconds one fault from a rotating list is injected:
 ``subscriber_stall``
     the subscriber stops reading for a while (its queue fills; the runtime must not slow down), then
     closes its socket and reconnects.
+``hostile_sender``
+    the simulator is stopped and this process binds its port as a hostile sender (issue 14): a 1.2 GB
+    multipart message in 20 parts each under ``MAXMSGSIZE`` (libzmq assembles it: the source's memory
+    guard must cut it), an 11-part message (rejected part by part), three of the largest frames the limits
+    accept (4096x4096 BGRA, 64 MiB: the peak RSS under the largest accepted message), frames whose ``seq``
+    jumps by 2^40 (a lying sender: ``seq_jumps``, not lost frames) and 3,000 frames under as many
+    ``source_id`` values (dropped as ``other_source``; the id table stays bounded).
 
-The ``run`` process is sampled every ``--sample-s`` seconds (RSS, open file descriptors, threads, CPU)
+The ``run`` process is sampled every ``--sample-s`` seconds (RSS, open file descriptors, threads, CPU),
+its RSS also every 50 ms for the peaks (overall, during each hostile fault, and under the largest frame),
 and overlay latency (capture to receipt, same host clock) is bucketed per window. At the end the run
 is stopped with SIGTERM and its ``--summary`` is checked: ``received == processed + dropped`` and
 ``in_flight == 0``. Results go to ``benchmarks/results/soak-<date>.{json,md}``.
@@ -53,7 +61,7 @@ import zmq
 from medstream.runtime.frame import Frame, now_ns
 from medstream.runtime.wire import WireError, decode_overlay, decode_status, encode_frame
 
-FAULTS = ("sender_restart", "malformed_burst", "subscriber_stall")
+FAULTS = ("sender_restart", "malformed_burst", "subscriber_stall", "hostile_sender")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -174,6 +182,9 @@ class Soak:
         self.sim: subprocess.Popen | None = None
         self.sim_starts = 0
         self.malformed_sent = 0
+        self.hostile: list[dict[str, Any]] = []
+        self.rss_peak = 0
+        self._rss_window_peak = 0
 
     # ---------------------------------------------------------------------------------- processes
     def start_sim(self) -> None:
@@ -204,6 +215,56 @@ class Soak:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(self.run_log, "w"), text=True)  # noqa: SIM115
 
     # -------------------------------------------------------------------------------------- faults
+    def _bind_hostile(self) -> zmq.Socket:
+        pub = zmq.Context.instance().socket(zmq.PUB)
+        pub.setsockopt(zmq.LINGER, 0)
+        pub.setsockopt(zmq.SNDHWM, 100_000)
+        for _ in range(50):  # the simulator's socket may take a moment to release the port
+            try:
+                pub.bind(f"tcp://127.0.0.1:{self.frames_port}")
+                break
+            except zmq.ZMQError:
+                time.sleep(0.1)
+        time.sleep(1.5)  # the runtime's SUB reconnects (backoff up to 2 s)
+        return pub
+
+    def _window_peak(self) -> float:
+        peak, self._rss_window_peak = self._rss_window_peak, 0
+        return round(peak / 2**20, 1)
+
+    def hostile_sender(self) -> None:
+        """Issue 14's hostile sender (see the module docstring); peak RSS of the runtime per step."""
+        pub = self._bind_hostile()
+        header = bytes(encode_frame(Frame(seq=1, t_capture_ns=now_ns(), image=np.zeros((8, 8), np.uint8)))[1])
+        steps: dict[str, Any] = {"rss_before_mib": self._window_peak()}
+        big = bytes(60 * 2**20)
+        pub.send_multipart([b"frame", header] + [big] * 20, copy=False)  # 1.2 GB, parts under MAXMSGSIZE
+        time.sleep(4.0)
+        steps["oversized_1200mb_peak_mib"] = self._window_peak()
+        pub.send_multipart([b"frame", header] + [b"x" * 1024] * 9)  # 11 parts
+        time.sleep(1.5)
+        self._window_peak()
+        largest = np.full((4096, 4096, 4), 90, np.uint8)  # 64 MiB: the largest payload the default limits accept
+        for i in range(3):
+            pub.send_multipart(encode_frame(Frame(seq=i, t_capture_ns=now_ns(), image=largest, source_id="largest",
+                                                  color_order="bgra")), copy=False)
+            time.sleep(1.0)
+        steps["largest_frame_peak_mib"] = self._window_peak()
+        del largest
+        time.sleep(1.2)  # past stall_timeout_s: the liar's id becomes the stream's
+        for i in range(20):
+            pub.send_multipart(encode_frame(Frame(seq=i * 2**40, t_capture_ns=now_ns(),
+                                                  image=np.zeros((64, 64), np.uint8), source_id="liar")))
+            time.sleep(0.05)
+        for i in range(3000):
+            pub.send_multipart(encode_frame(Frame(seq=i, t_capture_ns=now_ns(), image=np.zeros((8, 8), np.uint8),
+                                                  source_id=f"id{self.sim_starts}-{i}")))
+            time.sleep(0.001)
+        time.sleep(0.5)
+        steps["ids_and_liar_peak_mib"] = self._window_peak()
+        pub.close()
+        self.hostile.append(steps)
+
     def fault(self, kind: str, sub: Subscriber) -> None:
         t = round(time.monotonic() - self.t0, 2)
         self.events.append({"t": t, "fault": kind})
@@ -230,6 +291,10 @@ class Soak:
             time.sleep(0.2)
             pub.close()
             self.start_sim()
+        elif kind == "hostile_sender":
+            self.stop_sim()
+            self.hostile_sender()
+            self.start_sim()
         elif kind == "subscriber_stall":
             sub.stalled.set()
             time.sleep(min(5.0, self.fault_every / 3))
@@ -245,6 +310,15 @@ class Soak:
                                  "cpu_percent": proc.cpu_percent(None), "overlays": sub.overlays})
 
     # ------------------------------------------------------------------------------------------ run
+    def _watch_rss(self, proc: psutil.Process, stop: threading.Event) -> None:
+        while not stop.wait(0.05):
+            try:
+                rss = proc.memory_info().rss
+            except psutil.Error:
+                return
+            self.rss_peak = max(self.rss_peak, rss)
+            self._rss_window_peak = max(self._rss_window_peak, rss)
+
     def run(self) -> dict[str, Any]:
         self.start_sim()
         run = self.start_run()
@@ -252,6 +326,8 @@ class Soak:
         sub = Subscriber(f"tcp://127.0.0.1:{self.overlay_port}", self.t0, self.window_s)
         proc = psutil.Process(run.pid)
         proc.cpu_percent(None)
+        watch_stop = threading.Event()
+        threading.Thread(target=self._watch_rss, args=(proc, watch_stop), daemon=True).start()
         next_sample, next_fault, i_fault = 0.0, self.fault_every, 0
         rc = None
         try:
@@ -279,6 +355,7 @@ class Soak:
                     self.events.append({"error": "run did not stop within 30 s of SIGTERM"})
                 rc = run.returncode
         finally:
+            watch_stop.set()
             if run.poll() is None:
                 run.kill()
             self.stop_sim()
@@ -319,6 +396,12 @@ class Soak:
             "no_fd_growth": fd_growth <= 0,
             "no_thread_growth": thread_growth <= 0,
             "malformed_counted": self.malformed_sent == 0 or c.get("dropped", {}).get("invalid", 0) > 0,
+            "hostile_counted": not self.hostile or (
+                (summary or {}).get("source", {}).get("oversized_messages", 0) >= len(self.hostile)
+                and c.get("invalid_by_reason", {}).get("bad_parts", 0) >= len(self.hostile)
+                and c.get("seq_jumps", 0) >= 1 and c.get("lost_upstream", 0) < 2**32
+                and c.get("source_ids_tracked", 0) <= 64),
+            "hostile_rss_bounded": all(h["oversized_1200mb_peak_mib"] - h["rss_before_mib"] < 900 for h in self.hostile),
         }
         return {
             "date": dt.datetime.now().isoformat(timespec="seconds"),
@@ -337,6 +420,7 @@ class Soak:
                            "invalid": sub.invalid, "status_messages": len(sub.statuses),
                            "status_violations": sub.status_violations[:20], "source_states_seen": states},
             "faults": self.events, "malformed_sent": self.malformed_sent, "sender_starts": self.sim_starts,
+            "rss_peak_mib": round(self.rss_peak / 2**20, 1), "hostile_sender": self.hostile,
             "samples": self.samples,
             "checks": checks, "passed": all(checks.values()),
             "logs": str(self.tmp),
@@ -360,6 +444,12 @@ def markdown(r: dict[str, Any]) -> str:
         f"| dropped | {c.get('dropped')} |",
         f"| invalid by reason | {c.get('invalid_by_reason')} |",
         f"| frames unaccounted | {r['frames_unaccounted']} |",
+        f"| lost upstream / seq jumps / source ids tracked, evicted | {c.get('lost_upstream')} / {c.get('seq_jumps')} / "
+        f"{c.get('source_ids_tracked')}, {c.get('source_ids_evicted')} |",
+        f"| peak RSS whole run (MiB, sampled every 50 ms) | {r['rss_peak_mib']} |",
+        *[f"| hostile sender #{i + 1}: RSS before / 1.2 GB multipart / largest frame (64 MiB) / ids+liar (peak MiB) | "
+          f"{h['rss_before_mib']} / {h['oversized_1200mb_peak_mib']} / {h['largest_frame_peak_mib']} / "
+          f"{h['ids_and_liar_peak_mib']} |" for i, h in enumerate(r["hostile_sender"])],
         f"| overlays received by the subscriber / repeated | {r['subscriber']['overlays']} / {r['subscriber']['duplicates']} |",
         f"| faults injected | {len(r['faults'])} ({', '.join(sorted({e.get('fault', 'error') for e in r['faults']}))}) |",
         f"| source states seen in status | {', '.join(r['subscriber']['source_states_seen'])} |", "",

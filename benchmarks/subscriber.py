@@ -167,7 +167,7 @@ def analyse(samples: Sequence[Sample], *, expected_interval_ms: float | None = N
 
 # ------------------------------------------------------------------------------------- the process
 def collect(connect: str, *, stop: Any, ready_file: Path | None = None, max_s: float | None = None,
-            idle_exit_s: float | None = None) -> tuple[list[Sample], list[dict[str, Any]]]:
+            idle_exit_s: float | None = None, stream: str | None = None) -> tuple[list[Sample], list[dict[str, Any]]]:
     """Subscribe to ``connect`` and collect overlays (and status messages) until ``stop()`` is true.
 
     ``ready_file`` is written once the ZeroMQ handshake with the publisher completed, so the harness
@@ -182,8 +182,10 @@ def collect(connect: str, *, stop: Any, ready_file: Path | None = None, max_s: f
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.RCVHWM, 0)  # never drop: a measuring consumer must see every overlay
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SUBSCRIBE, b"overlay")
-    sock.setsockopt(zmq.SUBSCRIBE, b"status")
+    # one stream of a multi-stream run: its own topics (overlay/<id>, status/<id>)
+    suffix = b"/" + stream.encode() if stream else b""
+    sock.setsockopt(zmq.SUBSCRIBE, b"overlay" + suffix)
+    sock.setsockopt(zmq.SUBSCRIBE, b"status" + suffix)
     monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
     sock.connect(connect)
     poller = zmq.Poller()
@@ -217,11 +219,11 @@ def collect(connect: str, *, stop: Any, ready_file: Path | None = None, max_s: f
                     break
                 t_arrival = time.time_ns()  # first thing after the message is ours
                 try:
-                    if parts[0] == b"overlay":
+                    if parts[0].startswith(b"overlay"):
                         last_msg = time.monotonic()
                         ov = decode_overlay(parts)
                         samples.append(Sample(ov.seq, ov.t_capture_ns, t_arrival, ov.t_publish_ns, dict(ov.stages_ms)))
-                    elif parts[0] == b"status":
+                    elif parts[0].startswith(b"status"):
                         statuses.append(decode_status(parts))
                 except WireError as exc:
                     print(f"subscriber: malformed {parts[0][:16]!r} message: {exc}", file=sys.stderr)
@@ -241,6 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup-frames", type=int, default=0)
     p.add_argument("--ready-file", default=None, help="written when connected to the publisher")
     p.add_argument("--max-s", type=float, default=None, help="give up after this many seconds (safety)")
+    p.add_argument("--stream", default=None, help="of a multi-stream run, only this stream id (its own topics)")
     p.add_argument("--idle-exit-s", type=float, default=None,
                    help="exit this many seconds after the last overlay (once at least one arrived)")
     args = p.parse_args(argv)
@@ -249,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: flag.__setitem__("stop", True))
     samples, statuses = collect(args.connect, stop=lambda: flag["stop"],
                                 ready_file=Path(args.ready_file) if args.ready_file else None, max_s=args.max_s,
-                                idle_exit_s=args.idle_exit_s)
+                                idle_exit_s=args.idle_exit_s, stream=args.stream)
     result = analyse(samples, expected_interval_ms=args.interval_ms, warmup_s=args.warmup_s, warmup_frames=args.warmup_frames)
     result["last_status"] = statuses[-1] if statuses else None
     result["samples"] = {"seq": [s.seq for s in samples], "age_ms": [round(s.age_ms, 4) for s in samples]}

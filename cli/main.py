@@ -30,6 +30,8 @@ COMMANDS: dict[str, str] = {
     "service": "service",
     "keys": "keys",
     "soup": "soup",
+    "inspect": "inspect",
+    "contract": "contract",
 }
 
 log = logging.getLogger("medstream")

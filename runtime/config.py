@@ -74,13 +74,22 @@ class ModelSection(_Strict):
 
     file: str = Field(default=DEFAULT_MODEL, description="bundled name (ultrasound, fluoroscopy) or path to an "
                       ".onnx file, or a .engine built by 'medstream build'")
-    backend: Literal["auto", "onnxruntime", "onnxruntime-cuda", "tensorrt"] = Field(
-        default="auto", description="auto picks TensorRT, then ONNX Runtime CUDA, then the CPU ('medstream doctor' says why)")
+    backend: Literal["auto", "onnxruntime", "onnxruntime-cuda", "tensorrt", "openvino"] = Field(
+        default="auto", description="auto picks TensorRT, then ONNX Runtime CUDA, then the CPU: OpenVINO on an x86-64 CPU "
+        "when the [openvino] extra is installed, else ONNX Runtime ('medstream doctor' says why)")
+    precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
+        default="auto", description="OpenVINO: int8 runs the calibrated M.int8.onnx beside M.onnx; bf16 the FP32 file "
+        "in bf16 (CPUs with AMX/AVX512-BF16); fp32 exactly; auto: an INT8 file as int8, an FP32 file in bf16 where the "
+        "CPU has it, else fp32. Other backends: auto only (the file decides)")
     threads: int | None = Field(default=None, gt=0, le=256, description="inference threads (ONNX Runtime intra-op; "
                                 "default: every usable core)")
     spin_after_run: bool = Field(default=False, description="keep ONNX Runtime's threads spinning between frames "
                                  "(default off: they stop when each inference returns and leave the cores to the stream)")
     warmup_runs: int = Field(default=3, ge=0, le=100, description="inferences on zeros before the first frame")
+    max_batch: int = Field(default=0, ge=0, le=64, description="with several streams: frames per inference "
+                           "(0: one per stream when the model's batch axis is dynamic; static models run one by one)")
+    batch_wait_ms: float = Field(default=0.0, ge=0, le=50, description="with several streams: once one frame "
+                                 "waits, wait up to this long for the other streams to fill a batch")
     engine_cache: str | None = Field(default=None, description="TensorRT engine cache folder "
                                      "(default ~/.cache/medstream/engines)")
     no_build: bool = Field(default=False, description="TensorRT: refuse to build a missing engine")
@@ -180,6 +189,8 @@ class RunConfig(_Strict):
     """Everything ``medstream run`` needs, in the order frames flow (docs/CONFIG.md lists each key)."""
 
     source: SourceSection = Field(default_factory=SourceSection)
+    streams: list[SourceSection] = Field(default_factory=list, max_length=16)
+    """Several sources in one run, one model for all (each entry is a ``source:`` section; give each an ``id``)."""
     model: ModelSection = Field(default_factory=ModelSection)
     publish: PublishSection = Field(default_factory=PublishSection)
     service: ServiceSection = Field(default_factory=ServiceSection)
@@ -187,13 +198,29 @@ class RunConfig(_Strict):
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     inject: InjectConfig = Field(default_factory=InjectConfig)
 
+    @field_validator("streams")
+    @classmethod
+    def _distinct_ids(cls, v: list[SourceSection]) -> list[SourceSection]:
+        ids = [s.id for s in v]
+        if v and (None in ids or len(set(ids)) != len(ids)):
+            raise ValueError(f"every stream needs its own id (got {ids}): overlays, status and topics are told "
+                             "apart by it")
+        return v
+
+    @property
+    def sources(self) -> list[SourceSection]:
+        """The run's sources: ``streams`` when given, else the one ``source``."""
+        return list(self.streams) or [self.source]
+
 
 #: First-release flat key (and command-line flag name) -> (section, field).
 FLAT_KEYS: dict[str, tuple[str, str]] = {
     "source": ("source", "uri"), "source_id": ("source", "id"), "stall_timeout_s": ("source", "stall_timeout_s"),
     "roi": ("source", "roi"),
     "model": ("model", "file"), "backend": ("model", "backend"), "threads": ("model", "threads"),
+    "precision": ("model", "precision"),
     "spin_after_run": ("model", "spin_after_run"), "warmup_runs": ("model", "warmup_runs"),
+    "max_batch": ("model", "max_batch"), "batch_wait_ms": ("model", "batch_wait_ms"),
     "engine_cache": ("model", "engine_cache"), "no_build": ("model", "no_build"), "contract": ("model", "contract"),
     "publish": ("publish", "endpoints"), "send_hwm": ("publish", "send_hwm"),
     "status_interval_s": ("publish", "status_interval_s"), "max_age_ms": ("publish", "max_age_ms"),
@@ -328,6 +355,14 @@ def config_reference_markdown() -> str:
     example: dict[str, Any] = {}
     for section, info in RunConfig.model_fields.items():
         model = info.annotation
+        if section == "streams":
+            lines += ["## `streams`: several sources in one run, one model for all", "",
+                      "A list of `source:` sections (keys as above), each with its own `id`; when given, `source` is "
+                      "not used. Each stream keeps its own slot, accounting, status and topics (`overlay/<id>`, "
+                      "`status/<id>`); frames of several streams share one inference when the model's batch axis is "
+                      "dynamic (`model.max_batch`, `model.batch_wait_ms`).", ""]
+            example[section] = []
+            continue
         doc = (model.__doc__ or "").strip().splitlines()[0]
         lines += [f"## `{section}`: {doc}", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
         example[section] = {}

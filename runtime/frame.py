@@ -73,6 +73,21 @@ class Contour:
 
 
 @dataclass(slots=True)
+class Heatmap:
+    """A coarse map over part of the frame: a classifier's activation map, a keypoint or foreground probability.
+
+    ``data`` is uint8 ``(h, w)``, 0..255 standing for 0..1 (a probability, or an activation scaled to its
+    own minimum and maximum: ``kind`` says which); it covers ``roi = (x, y, w, h)`` of the source frame
+    (scale it to ``w x h`` and place it at ``(x, y)``). ``class_id`` is the class it shows, -1 for all.
+    """
+
+    data: np.ndarray
+    roi: tuple[int, int, int, int]
+    class_id: int = -1
+    kind: str = "probability"  # probability | activation
+
+
+@dataclass(slots=True)
 class Overlay:
     """What the pipeline publishes for one frame.
 
@@ -80,6 +95,14 @@ class Overlay:
     ``(height, width)`` so a consumer can scale it. With a region of interest (config ``source.roi``)
     the mask covers only ``mask_roi = (x, y, w, h)`` of the frame: scale it to ``w x h`` and place it at
     ``(x, y)``; ``None`` means the whole frame. Contours are already in full-frame coordinates.
+
+    Per task (overlay schema 1.1, docs/WIRE.md): ``task`` names it; a classifier fills ``label`` (class id),
+    ``probabilities`` (one per class) and ``top_k``; a detector ``boxes`` ``(N, 6)`` float32 rows ``x0, y0, x1,
+    y1, class_id, score``; a keypoint model ``points`` ``(N, 4)`` rows ``x, y, class_id, score``; all in
+    source-frame pixels. Tasks without a mask carry a 1x1 background ``mask``. ``heatmap`` is optional.
+    Every overlay carries ``confidence`` (0..1: the mean probability of what the model answered),
+    ``entropy`` (0..1: normalised entropy of its distributions) and ``low_confidence`` (confidence under the
+    configured ``model.low_confidence_below``); see :mod:`medstream.runtime.decoders.base`.
     """
 
     seq: int
@@ -97,3 +120,13 @@ class Overlay:
     rgba: np.ndarray | None = None
     mask_roi: tuple[int, int, int, int] | None = None
     geometry: ImageGeometry | None = None  # the frame's geometry, copied (in-process sinks only; not on the ZeroMQ wire)
+    task: str = "segmentation"
+    label: int | None = None
+    probabilities: np.ndarray | None = None  # (C,) float32, index = class id
+    top_k: tuple[tuple[int, float], ...] = ()
+    boxes: np.ndarray | None = None  # (N, 6) float32: x0, y0, x1, y1, class_id, score (source-frame pixels)
+    points: np.ndarray | None = None  # (N, 4) float32: x, y, class_id, score (source-frame pixels)
+    heatmap: Heatmap | None = None
+    confidence: float | None = None
+    entropy: float | None = None
+    low_confidence: bool = False

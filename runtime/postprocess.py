@@ -1,8 +1,12 @@
-"""Postprocessing: model outputs become an overlay (class map, contours, per-class area).
+"""Postprocessing of a softmax/argmax segmentation output: class map, contours, per-class area.
 
 The class map is made at the model's resolution (argmax over the class axis) into a reused buffer;
 contours are traced on it and scaled to the source frame's pixel coordinates, so a consumer can draw
 them straight onto the frame it captured.
+
+This is the segmentation softmax/argmax decoder's engine (:mod:`medstream.runtime.decoders.segmentation`
+wraps it, adds confidence and the other resize modes); every other output kind has its own decoder in
+:mod:`medstream.runtime.decoders`. GPU backends subclass it to take the argmax on the device.
 """
 
 from __future__ import annotations
@@ -82,25 +86,36 @@ class Postprocessor:
         ``roi = (x, y, w, h)``: the mask covers that region of the frame (config ``source.roi``); the
         points are scaled to it and shifted by its corner, so they land on the source frame.
         """
-        ox, oy, fw, fh = roi if roi is not None else (0, 0, frame_size[1], frame_size[0])
-        mh, mw = mask.shape
-        sx, sy = fw / mw, fh / mh
         result: list[Contour] = []
         for class_id in range(1, self.n_classes):
-            binary = (mask == class_id).view(np.uint8)
-            if not binary.any():
-                continue
-            found, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            found = sorted(found, key=cv2.contourArea, reverse=True)[: self.max_contours]
-            for c in found:
-                c = cv2.approxPolyDP(c, self.epsilon, True).reshape(-1, 2)
-                if sx != 1.0 or sy != 1.0:
-                    c = np.rint((c + 0.5) * (sx, sy) - 0.5).astype(np.int32)
-                if ox or oy:
-                    c = c + np.array((ox, oy), np.int32)
-                result.append(Contour(class_id=class_id, points=c.astype(np.int32, copy=False)))
+            trace_contours((mask == class_id).view(np.uint8), class_id, frame_size, roi, result,
+                           self.epsilon, self.max_contours)
         return result
 
     def areas(self, mask: np.ndarray) -> dict[str, int]:
         """Pixel count per class at the mask's resolution."""
         return {name: int(np.count_nonzero(mask == i)) for i, name in enumerate(self.contract.class_names)}
+
+
+def trace_contours(binary: np.ndarray, class_id: int, frame_size: tuple[int, int],
+                   roi: tuple[int, int, int, int] | None, result: list[Contour], epsilon: float = 1.0,
+                   max_contours: int = 16) -> list[Contour]:
+    """Append the outer contours of the uint8 ``binary`` mask (one class) to ``result``, in frame coordinates.
+
+    ``roi = (x, y, w, h)``: the mask covers that region of the frame; ``None``: the whole frame.
+    """
+    if not binary.any():
+        return result
+    ox, oy, fw, fh = roi if roi is not None else (0, 0, frame_size[1], frame_size[0])
+    mh, mw = binary.shape
+    sx, sy = fw / mw, fh / mh
+    found, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    found = sorted(found, key=cv2.contourArea, reverse=True)[:max_contours]
+    for c in found:
+        c = cv2.approxPolyDP(c, epsilon, True).reshape(-1, 2)
+        if sx != 1.0 or sy != 1.0:
+            c = np.rint((c + 0.5) * (sx, sy) - 0.5).astype(np.int32)
+        if ox or oy:
+            c = c + np.array((ox, oy), np.int32)
+        result.append(Contour(class_id=class_id, points=c.astype(np.int32, copy=False)))
+    return result

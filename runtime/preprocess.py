@@ -6,14 +6,22 @@ collected on exactly what the model sees in production.
 
 Buffers are allocated once per input geometry and reused: in steady state a frame costs a colour
 conversion, a resize and a normalisation written into preallocated arrays.
+
+Resize modes (contract ``input.resize``, version 2): ``stretch`` (v1, the fast path), ``letterbox``
+(aspect kept, border of ``pad_value``) and ``center_crop``. :func:`input_mapping` says, for a frame size
+and ROI, which part of the frame lands where in the model input; decoders use it to put boxes, points
+and masks back into source-frame pixels.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
-from medstream.runtime.contract import ModelContract
+from medstream.runtime.contract import InputSpec, ModelContract
 from medstream.runtime.errors import ContractError
 
 _TO_GRAY = {"bgr": cv2.COLOR_BGR2GRAY, "rgb": cv2.COLOR_RGB2GRAY, "bgra": cv2.COLOR_BGRA2GRAY, "rgba": cv2.COLOR_RGBA2GRAY}
@@ -23,6 +31,61 @@ _TO_BGR = {"gray": cv2.COLOR_GRAY2BGR, "rgb": cv2.COLOR_RGB2BGR, "bgra": cv2.COL
 
 class FrameMismatch(ContractError):
     """A frame that cannot be made to fit the model (counted as ``invalid``, reason ``contract_mismatch``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class InputMapping:
+    """Where the model input's pixels come from in the source frame.
+
+    ``region`` ``(x, y, w, h)``: the part of the source frame the model sees (the config's ROI, narrowed by a
+    centre crop). ``content`` ``(x, y, w, h)``: where that region lies in the model input (all of it, or
+    inside the letterbox border). Coordinates are continuous (pixel ``i`` spans ``[i, i + 1)``).
+    """
+
+    region: tuple[int, int, int, int]
+    content: tuple[int, int, int, int]
+    model_size: tuple[int, int]
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """Source-frame pixels per model pixel, ``(x, y)``."""
+        return self.region[2] / self.content[2], self.region[3] / self.content[3]
+
+    def to_frame(self, xy: np.ndarray) -> np.ndarray:
+        """Model-input coordinates ``(..., 2)`` as ``(x, y)`` -> source-frame coordinates (float64)."""
+        rx, ry, _, _ = self.region
+        cx, cy, _, _ = self.content
+        sx, sy = self.scale
+        out = np.asarray(xy, np.float64).copy()
+        out[..., 0] = rx + (out[..., 0] - cx) * sx
+        out[..., 1] = ry + (out[..., 1] - cy) * sy
+        return out
+
+    def boxes_to_frame(self, xyxy: np.ndarray) -> np.ndarray:
+        """Boxes ``(N, 4)`` ``x0, y0, x1, y1`` in model-input pixels -> source-frame pixels, clipped to ``region``."""
+        out = self.to_frame(np.asarray(xyxy, np.float64).reshape(-1, 2, 2)).reshape(-1, 4)
+        rx, ry, rw, rh = self.region
+        np.clip(out[:, 0::2], rx, rx + rw, out=out[:, 0::2])
+        np.clip(out[:, 1::2], ry, ry + rh, out=out[:, 1::2])
+        return out
+
+
+def input_mapping(spec: InputSpec, frame_hw: tuple[int, int],
+                  roi: tuple[int, int, int, int] | None = None) -> InputMapping:
+    """The :class:`InputMapping` of a ``frame_hw = (height, width)`` frame for the model input ``spec``."""
+    h, w = spec.height, spec.width
+    rx, ry, rw, rh = roi if roi is not None else (0, 0, int(frame_hw[1]), int(frame_hw[0]))
+    if spec.resize == "letterbox":
+        s = min(w / rw, h / rh)
+        nw, nh = max(1, min(w, round(rw * s))), max(1, min(h, round(rh * s)))
+        return InputMapping((rx, ry, rw, rh), ((w - nw) // 2, (h - nh) // 2, nw, nh), (h, w))
+    if spec.resize == "center_crop":
+        if rw * h > rh * w:  # wider than the model: keep the full height
+            cw, ch = max(1, round(rh * w / h)), rh
+        else:
+            cw, ch = rw, max(1, round(rw * h / w))
+        return InputMapping((rx + (rw - cw) // 2, ry + (rh - ch) // 2, cw, ch), (0, 0, w, h), (h, w))
+    return InputMapping((rx, ry, rw, rh), (0, 0, w, h), (h, w))
 
 
 def infer_color_order(image: np.ndarray, declared: str) -> str:
@@ -63,12 +126,22 @@ class Preprocessor:
             # x = (p * scale - mean) / std  ==  p * a + b, one fused multiply-add per pixel
             self._a = (norm.scale / std).astype(np.float32)
             self._b = (-mean / std).astype(np.float32)
+        elif norm.kind == "range":
+            lo, hi = norm.value_range
+            self._a = np.full(c, (hi - lo) / 255.0, np.float32)
+            self._b = np.full(c, lo, np.float32)
+        elif norm.kind == "per_image":  # a and b are set per frame from the image's own statistics
+            self._a = np.ones(c, np.float32)
+            self._b = np.zeros(c, np.float32)
         else:
             span = norm.high - norm.low
             self._a = np.full(c, 1.0 / span, np.float32)
             self._b = np.full(c, -norm.low / span, np.float32)
         self._clip = norm.kind == "window"
+        self._per_image = norm.kind == "per_image"
         self._hwc = np.empty((spec.height, spec.width, c), np.float32)
+        self._canvas: np.ndarray | None = None  # letterbox: the padded input, border filled once
+        self._canvas_content: tuple[int, int, int, int] | None = None
         out_dtype = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}[spec.dtype]
         shape = (1, c, spec.height, spec.width) if spec.layout == "NCHW" else (1, spec.height, spec.width, c)
         self.output = np.empty(shape, out_dtype)
@@ -102,20 +175,26 @@ class Preprocessor:
             image = image[y:y + h, x:x + w]
         if image.dtype == np.uint16:
             image = (image >> 8).astype(np.uint8)
-        image = self.convert_color(image, color_order)
-        h, w = self._hw
-        if image.shape[0] == h and image.shape[1] == w:
-            resized = image
-        else:
-            # INTER_AREA when shrinking keeps thin structures (needles, wires) visible.
-            interp = cv2.INTER_AREA if image.shape[0] > h else cv2.INTER_LINEAR
-            resized = cv2.resize(image, (w, h), interpolation=interp)
-            if resized.ndim == 2:
-                resized = resized[:, :, None]
         spec = self.contract.input
+        content = None
+        if spec.resize != "stretch":
+            mapping = input_mapping(spec, image.shape[:2])
+            if spec.resize == "center_crop":
+                x, y, w, h = mapping.region
+                image = image[y:y + h, x:x + w]
+            else:
+                content = mapping.content
+        image = self.convert_color(image, color_order)
+        if content is None:
+            resized = self._resize(image, self._hw)
+        else:
+            resized = self._letterbox(image, content)
         if spec.dtype == "uint8":
             hwc_out = resized
         else:
+            if self._per_image:
+                self._standardise(resized if content is None else
+                                  resized[content[1]:content[1] + content[3], content[0]:content[0] + content[2]])
             np.multiply(resized, self._a, out=self._hwc)
             np.add(self._hwc, self._b, out=self._hwc)
             if self._clip:
@@ -126,6 +205,44 @@ class Preprocessor:
         else:
             np.copyto(self.output[0], hwc_out, casting="unsafe")
         return self.output
+
+    @staticmethod
+    def _resize(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+        h, w = hw
+        if image.shape[0] == h and image.shape[1] == w:
+            return image
+        # INTER_AREA when shrinking keeps thin structures (needles, wires) visible.
+        interp = cv2.INTER_AREA if image.shape[0] > h else cv2.INTER_LINEAR
+        resized = cv2.resize(image, (w, h), interpolation=interp)
+        return resized[:, :, None] if resized.ndim == 2 else resized
+
+    def _letterbox(self, image: np.ndarray, content: tuple[int, int, int, int]) -> np.ndarray:
+        """The image scaled into ``content`` of a canvas whose border is ``pad_value`` (filled once per geometry)."""
+        spec = self.contract.input
+        if self._canvas is None or self._canvas_content != content:
+            self._canvas = np.full((spec.height, spec.width, spec.channels), spec.pad_value, np.uint8)
+            self._canvas_content = content
+        x, y, w, h = content
+        self._canvas[y:y + h, x:x + w] = self._resize(image, (h, w))
+        return self._canvas
+
+    def _standardise(self, pixels: np.ndarray) -> None:
+        """Per-image standardisation: ``a, b`` so that ``p * a + b = (p - mean) / max(std, 1/sqrt(N))``."""
+        norm = self.contract.input.normalization
+        data = pixels.reshape(-1, pixels.shape[-1]).astype(np.float32)
+        if norm.per_channel:
+            mean, std = data.mean(axis=0), data.std(axis=0)
+            floor = 1.0 / math.sqrt(data.shape[0])
+        else:
+            mean, std = np.full(data.shape[1], data.mean()), np.full(data.shape[1], data.std())
+            floor = 1.0 / math.sqrt(data.size)
+        std = np.maximum(std, floor)
+        self._a[:] = 1.0 / std
+        self._b[:] = -mean / std
+
+    def mapping(self, frame_hw: tuple[int, int]) -> InputMapping:
+        """Where a ``frame_hw`` frame's pixels land in the model input (with this preprocessor's ROI)."""
+        return input_mapping(self.contract.input, frame_hw, self.roi)
 
     def batch(self, images: list[np.ndarray], color_order: str = "gray") -> np.ndarray:
         """Preprocess several frames into a new ``(N, ...)`` array (calibration, evaluation)."""

@@ -21,6 +21,7 @@ See docs/SECURITY.md for the set-up, step by step.
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import logging
 import os
@@ -213,12 +214,22 @@ def _counting_authenticator() -> Any:
             super().__init__(*args, **kwargs)
             self.refused: dict[str, int] = {}
 
-        def _authenticate_curve(self, domain: str, client_key: bytes) -> tuple[bool, bytes]:
-            allowed, reason = super()._authenticate_curve(domain, client_key)
+        def _authenticate_curve(self, domain: str, client_key: bytes) -> Any:
+            # pyzmq >= 26 made this a coroutine (its caller awaits it); older pyzmq returns the tuple.
+            result = super()._authenticate_curve(domain, client_key)
+            if inspect.isawaitable(result):
+                async def counted() -> tuple[bool, bytes]:
+                    return self._count(domain, await result)
+                return counted()
+            return self._count(domain, result)
+
+        def _count(self, domain: str, result: tuple[bool, bytes]) -> tuple[bool, bytes]:
+            allowed, reason = result
             if not allowed:  # runs on the authenticator's thread; an int update under the GIL
-                self.refused[domain] = self.refused.get(domain, 0) + 1
-                log.warning("refused an unauthenticated CURVE peer on %s: %s", domain,
-                            reason.decode("utf-8", "replace") if isinstance(reason, bytes) else reason)
+                n = self.refused[domain] = self.refused.get(domain, 0) + 1
+                if n & (n - 1) == 0:  # 1st, 2nd, 4th, 8th...: a peer retrying every 100 ms must not flood the log
+                    log.warning("refused an unauthenticated CURVE peer on %s (%d so far): %s", domain, n,
+                                reason.decode("utf-8", "replace") if isinstance(reason, bytes) else reason)
             return allowed, reason
 
     return CountingAuthenticator

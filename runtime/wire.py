@@ -273,6 +273,17 @@ def decode_frame(parts: list[Any], limits: WireLimits = DEFAULT_LIMITS) -> Frame
 
 
 # --------------------------------------------------------------------------------------- overlays
+def stream_topic(topic: bytes, source_id: str) -> bytes:
+    """``overlay/<source_id>``: the per-stream topic of a multi-stream run (a SUB on ``overlay`` gets them all,
+    on ``overlay/<id>`` one stream; ZeroMQ filters by prefix)."""
+    return topic + b"/" + source_id.encode("ascii")
+
+
+def topic_matches(got: bytes, topic: bytes) -> bool:
+    """``got`` is ``topic`` itself or a per-stream ``topic/<source_id>``."""
+    return got == topic or (got.startswith(topic + b"/") and len(got) <= len(topic) + 65)
+
+
 def encode_overlay(overlay: Overlay) -> list[Any]:
     """``[b"overlay", header, mask, contour_points(, rgba)]``.
 
@@ -340,8 +351,8 @@ def decode_overlay(parts: list[Any], limits: WireLimits = DEFAULT_LIMITS) -> Ove
     """Parse an overlay message (consumer side: viewer, status, benchmarks, tests)."""
     if not isinstance(parts, list | tuple) or not 4 <= len(parts) <= 5:
         raise WireError("bad_parts", "an overlay message has 4 or 5 parts [topic, header, mask, contours, rgba?]")
-    if bytes(_buf(parts[0], "topic")) != OVERLAY_TOPIC:
-        raise WireError("bad_topic", f"expected topic {OVERLAY_TOPIC!r}")
+    if not topic_matches(bytes(_buf(parts[0], "topic")), OVERLAY_TOPIC):
+        raise WireError("bad_topic", f"expected topic {OVERLAY_TOPIC!r} or {OVERLAY_TOPIC!r}/<source_id>")
     header = _load_header(parts[1], OVERLAY_SCHEMA, limits.max_overlay_header_bytes)
     seq = _int_field(header, "seq")
     t_capture_ns = _int_field(header, "t_capture_ns")
@@ -409,8 +420,8 @@ def decode_status(parts: list[Any], limits: WireLimits = DEFAULT_LIMITS) -> dict
     """Parse a status message into a dict (the schema is documented in docs/WIRE.md)."""
     if not isinstance(parts, list | tuple) or len(parts) != 2:
         raise WireError("bad_parts", "a status message has 2 parts [topic, header]")
-    if bytes(_buf(parts[0], "topic")) != STATUS_TOPIC:
-        raise WireError("bad_topic", f"expected topic {STATUS_TOPIC!r}")
+    if not topic_matches(bytes(_buf(parts[0], "topic")), STATUS_TOPIC):
+        raise WireError("bad_topic", f"expected topic {STATUS_TOPIC!r} or {STATUS_TOPIC!r}/<source_id>")
     header = _load_header(parts[1], STATUS_SCHEMA, limits.max_overlay_header_bytes)
     _int_field(header, "seq")
     _int_field(header, "t_capture_ns")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 
+from medstream.cli.commands._model_args import add_contract_arguments, read_contract_for
+
 HELP = "build (or reuse) the TensorRT engine for a model on this device"
 log = logging.getLogger("medstream.build")
 
@@ -26,6 +28,7 @@ def add_arguments(p) -> None:
     p.add_argument("--workspace-mb", type=int, default=None, help="builder workspace limit in MiB")
     p.add_argument("--no-build-check", action="store_true",
                    help="skip loading the built engine and running one inference to check it")
+    add_contract_arguments(p)
 
 
 def main(args) -> int:
@@ -33,14 +36,14 @@ def main(args) -> int:
     from medstream.runtime.engine.cache import DeviceFacts, EngineCache
     from medstream.runtime.engine.resolve import obtain_engine
     from medstream.runtime.errors import ConfigError
-    from medstream.runtime.models.loader import ENGINE_SUFFIXES, read_model_contract, resolve_model_file
+    from medstream.runtime.models.loader import ENGINE_SUFFIXES, resolve_model_file
 
     model = resolve_model_file(args.model)
     if model.suffix.lower() in ENGINE_SUFFIXES:
         raise ConfigError(f"{model} is already a TensorRT engine; 'medstream build' builds engines from ONNX models",
                           "pass the .onnx model it was built from (or run the engine: medstream run --model "
                           f"{model} --backend tensorrt)")
-    contract = read_model_contract(model)
+    contract = read_contract_for(model, args, "build")  # embedded, or --contract FILE.yaml (recorded in the manifest)
     trt = require_builder()  # before touching the GPU: the most common missing piece, with the fix
     facts = DeviceFacts.current(trt)
     cache = EngineCache(args.out)

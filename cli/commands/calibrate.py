@@ -9,12 +9,18 @@ loses more than --max-dice-drop Dice points. --auto tries the standard remedies 
 method, first/last layers in float, worst layers in float, more frames) and keeps the first that passes.
 
 Example: medstream calibrate --model ultrasound --data "synthetic://ultrasound?seed=1" --auto
+
+A model without an embedded contract (somebody else's ONNX) takes one with ``--contract FILE.yaml``
+(``medstream inspect MODEL.onnx --out FILE.yaml`` proposes one): medstream calibrate --model their.onnx
+--contract their.yaml --data frames/ --eval-data "file://labelled/"
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from medstream.cli.commands._model_args import add_contract_arguments, contract_overrides, read_contract_for
 
 HELP = "INT8-calibrate a model (TensorRT-legal QDQ + CPU variant) with an accuracy gate"
 
@@ -55,6 +61,7 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for statistics and the gate")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_contract_arguments(p)
 
 
 def main(args) -> int:
@@ -63,6 +70,7 @@ def main(args) -> int:
     from medstream.runtime.models import bundled_model_path
 
     model = Path(bundled_model_path(args.model))
+    read_contract_for(model, args, "calibrate")  # a model without a contract: refused here, the way out is --contract
     stem = model.name[:-5] if model.name.endswith(".onnx") else model.name
     # a bundled name resolves into the installed package: do not write there unless asked to
     beside = Path(args.model).is_file()
@@ -74,6 +82,7 @@ def main(args) -> int:
         use_cache=not args.no_cache, cpu_variant=not args.no_cpu_variant, trt_cache=not args.no_trt_cache,
         trt_version=args.trt_version, percentile=args.percentile, latency_runs=args.latency_runs,
         latency_threads=args.latency_threads, threads=args.threads, progress=not args.no_progress,
+        contract_overrides=contract_overrides(args),
     )
     result = calibrate(req)
     report = result.to_dict()

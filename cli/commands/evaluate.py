@@ -15,6 +15,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# load_contract_file is re-exported: export_cmd reads --contract through it
+from medstream.cli.commands._model_args import (  # noqa: F401 - load_contract_file: see above
+    add_contract_arguments,
+    contract_overrides,
+    load_contract_file,
+    read_contract_for,
+)
+
 HELP = "Dice/IoU per class of a model on held-out frames with ground truth (table + JSON)"
 
 
@@ -27,32 +35,10 @@ def add_arguments(p) -> None:
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt", "auto"])
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all usable cores)")
     p.add_argument("--batch", type=int, default=1, help="frames per inference (needs a dynamic-batch model)")
-    p.add_argument("--contract", default=None, metavar="FILE",
-                   help="YAML/JSON with contract fields for a model without an embedded contract (or overrides)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON here")
     p.add_argument("--min-dice", action="append", default=[], metavar="CLASS=VALUE",
                    help="exit 1 when a class's Dice is below VALUE ('mean' = mean foreground Dice); repeatable")
-
-
-def load_contract_file(path: str | None) -> dict | None:
-    """Contract fields from YAML/JSON; a top-level ``contract:`` key (a run config) is accepted too."""
-    if path is None:
-        return None
-    import yaml
-
-    from medstream.runtime.errors import ConfigError
-
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"contract file {file} does not exist", "check --contract")
-    try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"contract file {file} is not valid YAML: {str(exc).splitlines()[0]}",
-                          "fix the file (JSON is valid YAML too)") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"contract file {file} must hold a mapping of contract fields", "see docs/MODEL_CONTRACT.md")
-    return data.get("contract", data) if isinstance(data.get("contract"), dict) else data
+    add_contract_arguments(p)
 
 
 def _thresholds(items: list[str]) -> dict[str, float]:
@@ -73,15 +59,15 @@ def _thresholds(items: list[str]) -> dict[str, float]:
 def main(args) -> int:
     from medstream.runtime.errors import ConfigError
     from medstream.runtime.evaluation import evaluate_model
-    from medstream.runtime.models.loader import read_model_contract, resolve_model_file
+    from medstream.runtime.models.loader import resolve_model_file
 
     model = resolve_model_file(args.model)
-    overrides = load_contract_file(args.contract)
     thresholds = _thresholds(args.min_dice)
+    contract = read_contract_for(model, args, "evaluate")  # before any frame: a missing contract says --contract
+    overrides = contract_overrides(args)
     data = args.data
     if data is None:
-        embedded = read_model_contract(model, required=False)
-        modality = (overrides or {}).get("modality") or (embedded.modality if embedded else None)
+        modality = contract.modality
         if modality not in ("ultrasound", "fluoroscopy"):
             raise ConfigError(f"no --data given and model {model} is not for a phantom modality",
                               "give --data synthetic://ultrasound?seed=10000 or a folder of frames with masks")

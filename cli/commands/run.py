@@ -23,7 +23,10 @@ def add_arguments(p) -> None:
     p.add_argument("--source", help="source URI, e.g. synthetic://ultrasound?fps=30, zmq+tcp://127.0.0.1:5555, file://clip.mp4")
     p.add_argument("--source-id", help="stream name carried in every message")
     p.add_argument("--model", help="bundled model name (ultrasound, fluoroscopy) or path to an ONNX file")
-    p.add_argument("--backend", choices=["auto", "onnxruntime", "onnxruntime-cuda", "tensorrt"])
+    p.add_argument("--backend", choices=["auto", "onnxruntime", "onnxruntime-cuda", "tensorrt", "openvino"])
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"],
+                   help="OpenVINO: int8 (the calibrated M.int8.onnx), bf16 (CPUs with AMX/AVX512-BF16), fp32; "
+                        "auto: INT8 file as int8, FP32 file in bf16 where the CPU has it (docs/CPU.md)")
     p.add_argument("--publish", action="append", metavar="ENDPOINT",
                    help="where overlays and status go (default tcp://127.0.0.1:5556); repeat for several outputs")
     p.add_argument("--threads", type=int, help="inference threads (default: all usable cores)")
@@ -96,7 +99,7 @@ def main(args) -> int:
         signal.signal(signal.SIGHUP, _hup)
 
     overrides = {k: getattr(args, k) for k in (
-        "source", "source_id", "model", "backend", "publish", "threads", "max_frames", "duration", "summary",
+        "source", "source_id", "model", "backend", "precision", "publish", "threads", "max_frames", "duration", "summary",
         "max_age_ms", "render_rgba", "metrics_port", "engine_cache", "no_build")}
     if sec := _security_overrides(args):
         overrides["security"] = sec

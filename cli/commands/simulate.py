@@ -6,6 +6,11 @@ through :class:`medstream.runtime.frame_publisher.FramePublisher`; this command 
 ``medstream run --source zmq+tcp://127.0.0.1:5555`` subscribes to it. ``--truth`` adds the ground
 truth mask to each frame message as a fourth part so any consumer can score overlays live (the
 runtime ignores it).
+
+``--publish igtl://127.0.0.1:18944`` plays a PLUS server instead: an OpenIGTLink server sending each frame as
+an IMAGE of device ``Image_Reference`` (``?device=NAME`` changes it) with the frame's capture time, a pixel
+spacing (``--spacing``) and a tilted image-to-RAS matrix, for ``medstream run --source igtl://...`` or 3D
+Slicer to connect to (docs/IGTLINK.md).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import logging
 import signal
 
-HELP = "publish a synthetic ultrasound/fluoroscopy stream over ZeroMQ"
+HELP = "publish a synthetic ultrasound/fluoroscopy stream over ZeroMQ or OpenIGTLink (like PLUS)"
 log = logging.getLogger("medstream.simulate")
 
 
@@ -23,7 +28,10 @@ def add_arguments(p) -> None:
     p.add_argument("--motion-fps", type=float, default=None,
                    help="frame rate the phantom's motion is rendered for (default: --rate); fluoroscopy takes 7.5, 15 "
                         "or 30. Set it to send faster or slower than the scene's clock, as benchmarks do")
-    p.add_argument("--publish", default="tcp://127.0.0.1:5555", help="endpoint to bind (default tcp://127.0.0.1:5555)")
+    p.add_argument("--publish", default="tcp://127.0.0.1:5555",
+                   help="endpoint to bind (default tcp://127.0.0.1:5555); igtl://HOST:PORT serves OpenIGTLink like PLUS")
+    p.add_argument("--spacing", type=float, default=None,
+                   help="OpenIGTLink only: mm per pixel along the image rows (default 0.2; columns get 1.5x it)")
     p.add_argument("--frames", type=int, default=None, help="stop after N frames (default: run until stopped)")
     p.add_argument("--truth", action="store_true", help="attach the ground-truth mask to each frame")
     p.add_argument("--seed", type=int, default=0)
@@ -44,7 +52,7 @@ def add_arguments(p) -> None:
 
 def main(args) -> int:
     from medstream.runtime.errors import ConfigError
-    from medstream.runtime.frame_publisher import FramePublisher, publish_source
+    from medstream.runtime.frame_publisher import DEFAULT_SPACING_MM, open_frame_publisher, phantom_geometry, publish_source
     from medstream.runtime.security import CurveServer
     from medstream.runtime.sources import open_source
 
@@ -58,6 +66,11 @@ def main(args) -> int:
         uri += f"&preload={args.preload}"
     if args.motion_fps is not None:
         uri += f"&motion_fps={args.motion_fps}"
+    igtl = args.publish.startswith("igtl://")
+    if args.spacing is not None and (not igtl or args.spacing <= 0):
+        raise ConfigError("--spacing needs an igtl:// --publish endpoint and a positive value",
+                          "give e.g. --publish igtl://127.0.0.1:18944 --spacing 0.2")
+    geometry = phantom_geometry(args.width, args.height, args.spacing or DEFAULT_SPACING_MM) if igtl else None
     source = open_source(uri, source_id=args.source_id or f"sim-{args.kind}")
     security = None
     if args.curve_secret or args.curve_allow:
@@ -66,8 +79,9 @@ def main(args) -> int:
                               "give this sender's NAME.key_secret and the folder of allowed receivers' NAME.key files")
         security = CurveServer.from_files(args.curve_secret, args.curve_allow, domain="medstream-simulate")
     try:
-        publisher = FramePublisher(args.publish, security=security, allow_insecure_remote=args.allow_insecure_remote,
-                                   what="the simulated frame publisher")
+        publisher = open_frame_publisher(args.publish, security=security, geometry=geometry,
+                                         allow_insecure_remote=args.allow_insecure_remote,
+                                         what="the simulated frame publisher")
     except BaseException:
         if security is not None:
             security.close()
@@ -79,6 +93,9 @@ def main(args) -> int:
         publisher.wait_for_subscribers(args.wait_subscribers, args.wait_timeout)
         log.info("publishing %s at %.1f fps on %s", args.kind, rate, publisher.endpoint)
         sent = publish_source(source, publisher, stop=lambda: stop["flag"])
+        dropped = publisher.dropped if igtl else 0
     log.info("sent %d frames", sent)
+    if dropped:
+        log.info("OpenIGTLink: %d frames were replaced by newer ones before a slow client took them", dropped)
     print(f"sent {sent} frames")
     return 0

@@ -6,7 +6,8 @@ once and :func:`load_backend` constructs the runner for what the loader returned
 (tensorrt, cuda.bindings, onnxruntime-gpu's CUDA path) are imported only when their backend is asked for.
 
 Backend names: ``auto``; ``onnxruntime`` (ONNX Runtime: the CUDA path when onnxruntime-gpu sees a CUDA
-device, else the CPU); ``onnxruntime-cuda`` (the CUDA path, explicitly); ``tensorrt``. A chosen
+device, else the CPU); ``onnxruntime-cuda`` (the CUDA path, explicitly); ``tensorrt``; ``openvino`` (OpenVINO on the CPU: ``auto``
+picks it on an x86-64 machine without a usable NVIDIA GPU when the ``[openvino]`` extra is installed). A chosen
 backend is always concrete: ``onnxruntime`` then means the CPU.
 """
 
@@ -20,7 +21,7 @@ from medstream.runtime.errors import ConfigError
 if TYPE_CHECKING:
     from medstream.runtime.models.loader import LoadedModel
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "onnxruntime-cuda")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "onnxruntime-cuda", "openvino")
 
 
 def choose_backend(requested: str) -> tuple[str, str]:
@@ -37,11 +38,16 @@ def choose_backend(requested: str) -> tuple[str, str]:
         cuda_ok, cuda_why = _ort_cuda_usable()
         if cuda_ok:
             return "onnxruntime-cuda", f"{why}; {cuda_why}"
-        return "onnxruntime", why
+        ov_ok, ov_why = _openvino_usable()
+        return ("openvino" if ov_ok else "onnxruntime"), f"{why}; {ov_why}"
     if requested == "onnxruntime":
         cuda_ok, cuda_why = _ort_cuda_usable()
         if cuda_ok:
             return "onnxruntime-cuda", f"asked for ONNX Runtime; {cuda_why}"
+    if requested == "openvino":
+        from medstream.runtime.backends.openvino_backend import require_installed
+
+        require_installed()
     return requested, "asked for explicitly"
 
 
@@ -61,6 +67,10 @@ def load_backend(model: LoadedModel, **options: Any) -> Backend:
 
         options.setdefault("providers", ["CPUExecutionProvider"])
         return OnnxRuntimeBackend(path, contract, **options)
+    if model.backend == "openvino":
+        from medstream.runtime.backends.openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend(path, contract, **options)
     raise ConfigError(f"unknown backend {model.backend!r}", f"use one of: {', '.join(BACKENDS)}")
 
 
@@ -70,6 +80,13 @@ def _tensorrt_available() -> tuple[bool, str]:
     except ImportError:
         return False, "TensorRT backend module not available"
     return tensorrt_backend.available()
+
+
+def _openvino_usable() -> tuple[bool, str]:
+    """OpenVINO installed on an x86-64 CPU (cheap: the module is found, not imported)."""
+    from medstream.runtime.backends.openvino_backend import available
+
+    return available()
 
 
 def _ort_cuda_usable() -> tuple[bool, str]:

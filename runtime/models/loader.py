@@ -56,12 +56,13 @@ class LoadedModel:
     run_path
         The file the backend opens: ``path`` itself or its variant for the device (``variant`` says which).
     variant
-        ``"onnx"``, ``"int8-cpu twin"`` (the U8S8 file ``medstream calibrate`` writes beside ``M.int8.onnx``)
+        ``"onnx"``, ``"int8-cpu twin"`` (the U8S8 file ``medstream calibrate`` writes beside ``M.int8.onnx``),
+        ``"int8 sibling"`` (OpenVINO with precision int8: ``M.int8.onnx`` for ``M.onnx``)
         or ``"engine"`` (a prebuilt TensorRT engine with its manifest).
     contract
         The embedded (or manifest) contract merged with the config's overrides.
     backend, backend_reason
-        The concrete backend (``onnxruntime`` = CPU, ``onnxruntime-cuda``, ``tensorrt``) and why.
+        The concrete backend (``onnxruntime`` = CPU, ``onnxruntime-cuda``, ``tensorrt``, ``openvino``) and why.
     """
 
     requested: str
@@ -194,18 +195,21 @@ def _read_engine_contract(file: Path) -> ModelContract | None:
                             "rebuild the engine with 'medstream build --model MODEL.onnx'") from None
 
 
-def pick_variant(path: Path, backend: str) -> tuple[Path, str]:
+def pick_variant(path: Path, backend: str, precision: str = "auto") -> tuple[Path, str]:
     """The file to run on ``backend``: ``(run_path, variant)``.
 
     On the CPU (``onnxruntime``) an ``M.int8.onnx`` runs as its U8S8 twin ``M.int8-cpu.onnx`` when
     calibration wrote one: the same calibration and accuracy gate, about 1.6x faster on this project's
     AVX512-VNNI machine (12.3 vs 20.1 ms for the ultrasound U-Net). TensorRT needs the symmetric file.
+    On OpenVINO ``precision`` picks the file (:func:`_openvino_variant`); other backends take ``auto`` only.
     """
     if path.suffix.lower() in ENGINE_SUFFIXES:
         if backend != "tensorrt":
             raise ModelLoadError(f"{path} is a TensorRT engine; the {backend} backend cannot run it",
                                  "run it with --backend tensorrt, or pass the .onnx model to use another backend")
         return path, "engine"
+    if backend == "openvino":
+        return _openvino_variant(path, precision)
     twin = int8_cpu_variant(path)
     if backend == "onnxruntime" and path.name.endswith(".int8.onnx") and twin.is_file():
         return twin, "int8-cpu twin"
@@ -213,7 +217,7 @@ def pick_variant(path: Path, backend: str) -> tuple[Path, str]:
 
 
 def load_model(model: str | Path, *, contract: dict[str, Any] | None = None, backend: str = "auto",
-               sha256: str | None = None) -> LoadedModel:
+               sha256: str | None = None, precision: str = "auto") -> LoadedModel:
     """Resolve, check and read ``model``, choose the backend and the variant: once, before anything starts.
 
     Parameters
@@ -227,6 +231,9 @@ def load_model(model: str | Path, *, contract: dict[str, Any] | None = None, bac
     sha256
         The config's ``model.sha256`` pin: the named file must have this SHA-256 (bundled files are always
         checked against ``SHA256SUMS``).
+    precision
+        The config's ``model.precision``: on OpenVINO ``int8`` runs the calibrated ``M.int8.onnx`` beside
+        ``M.onnx``; the backend applies the rest. Any other backend refuses a precision other than ``auto``.
     """
     from medstream.runtime.backends import choose_backend
 
@@ -238,13 +245,35 @@ def load_model(model: str | Path, *, contract: dict[str, Any] | None = None, bac
         name, why = "tensorrt", "the model is a TensorRT engine"
     else:
         name, why = choose_backend(backend)
-    run_path, variant = pick_variant(path, name)
+    if precision != "auto" and name != "openvino":
+        raise ConfigError(f"precision {precision} was asked for, but the {name} backend runs the model file as it is",
+                          "remove 'precision' (or set it to auto) and point --model at the file to run (M.int8.onnx "
+                          "for INT8), or use --backend openvino")
+    run_path, variant = pick_variant(path, name, precision)
     if run_path != path:
         verify_model_file(run_path)
     if variant != "onnx":
         log.info("model %s: running %s (%s) on %s", path.name, run_path.name, variant, name)
     return LoadedModel(requested=str(model), path=path, run_path=run_path, variant=variant, contract=resolved,
                        backend=name, backend_reason=why)
+
+
+def _openvino_variant(path: Path, precision: str) -> tuple[Path, str]:
+    """OpenVINO's file for ``precision``: ``int8`` takes ``M.int8.onnx`` for ``M.onnx`` (the S8S8 file the
+    calibration gate judged; OpenVINO runs it as fast as the U8S8 twin, see
+    :mod:`medstream.runtime.backends.openvino_backend`); ``fp32``/``bf16`` need the FP32 file."""
+    is_int8_name = path.name.endswith((".int8.onnx", ".int8-cpu.onnx"))
+    if precision == "int8" and not is_int8_name:
+        sibling = path.with_name(f"{path.name[:-len('.onnx')]}.int8.onnx")
+        if not sibling.is_file():
+            raise ModelLoadError(f"precision int8 was asked for, but there is no INT8 model {sibling.name} beside "
+                                 f"{path}", f"calibrate it first: medstream calibrate --model {path} (writes "
+                                 f"{sibling.name}), or use --precision auto")
+        return sibling, "int8 sibling"
+    if precision in ("fp32", "bf16") and is_int8_name:
+        raise ConfigError(f"precision {precision} was asked for, but {path.name} is an INT8 model",
+                          "point --model at the FP32 file (M.onnx), or use --precision int8")
+    return path, "onnx"
 
 
 def require_model_contract(path: Path, overrides: dict[str, Any] | None, what: str) -> ModelContract:

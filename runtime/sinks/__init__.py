@@ -3,6 +3,7 @@
 | endpoint | sink |
 | --- | --- |
 | ``tcp://HOST:PORT``, ``ipc://PATH``, ``inproc://NAME`` | ZeroMQ PUB (docs/WIRE.md), :mod:`.zmq_sink` |
+| ``igtl://HOST:PORT?device=Prediction`` | OpenIGTLink server for 3D Slicer (docs/IGTLINK.md), :mod:`.igtl_sink` |
 
 :func:`open_sinks` binds them all (or none: a failure closes what was already bound) and returns one
 :class:`~medstream.runtime.sinks.fanout.OverlaySinks`. Modules load when their scheme is used.
@@ -23,6 +24,7 @@ REGISTRY: dict[str, str] = {
     "tcp": "medstream.runtime.sinks.zmq_sink:Publisher",
     "ipc": "medstream.runtime.sinks.zmq_sink:Publisher",
     "inproc": "medstream.runtime.sinks.zmq_sink:Publisher",
+    "igtl": "medstream.runtime.sinks.igtl_sink:IgtlSink",
 }
 ZMQ_SCHEMES = ("tcp", "ipc", "inproc")
 

@@ -19,6 +19,9 @@ class OverlaySink(abc.ABC):
     bound_endpoint: str
     sent: int
     failed: int
+    #: Several streams in one run: tell them apart by topic where the transport has topics (ZeroMQ:
+    #: ``overlay/<source_id>``); sinks without topics ignore it (every message carries its source_id).
+    topic_per_stream: bool = False
 
     @abc.abstractmethod
     def send_overlay(self, overlay: Overlay) -> bool:

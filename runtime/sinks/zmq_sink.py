@@ -14,7 +14,7 @@ import zmq
 from medstream.runtime.errors import ConfigError
 from medstream.runtime.frame import Overlay
 from medstream.runtime.sinks.base import OverlaySink
-from medstream.runtime.wire import encode_overlay, encode_status
+from medstream.runtime.wire import OVERLAY_TOPIC, STATUS_TOPIC, encode_overlay, encode_status, stream_topic
 
 log = logging.getLogger("medstream.publisher")
 
@@ -70,10 +70,16 @@ class Publisher(OverlaySink):
         return True
 
     def send_overlay(self, overlay: Overlay) -> bool:
-        return self._send(encode_overlay(overlay))
+        parts = encode_overlay(overlay)
+        if self.topic_per_stream:
+            parts[0] = stream_topic(OVERLAY_TOPIC, overlay.source_id)
+        return self._send(parts)
 
     def send_status(self, status: dict[str, Any]) -> bool:
-        return self._send(encode_status(status))
+        parts = encode_status(status)
+        if self.topic_per_stream:
+            parts[0] = stream_topic(STATUS_TOPIC, str(status.get("source_id", "default")))
+        return self._send(parts)
 
     def close(self) -> None:
         self._sock.close()

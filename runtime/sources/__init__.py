@@ -7,6 +7,7 @@
 | ``file://PATH`` or a bare path | a video file or a folder of images/``.npy`` |
 | ``v4l2:///dev/videoN`` | a capture card or camera through OpenCV |
 | ``gst://PIPELINE`` | a GStreamer pipeline through OpenCV (from config or command line only) |
+| ``igtl://HOST:PORT?device=NAME`` | IMAGE messages from an OpenIGTLink server (PLUS; docs/IGTLINK.md) |
 
 Modules are imported when their scheme is used, so a missing optional backend of OpenCV only
 matters to the user who asks for it.
@@ -35,6 +36,7 @@ REGISTRY: dict[str, str] = {
     "file": "medstream.runtime.sources.file_source:FileSource",
     "v4l2": "medstream.runtime.sources.capture:CaptureSource",
     "gst": "medstream.runtime.sources.capture:CaptureSource",
+    "igtl": "medstream.runtime.sources.igtl_source:IgtlSource",
 }
 
 

@@ -31,8 +31,9 @@ bound what one message costs. Three layers do:
 * messages are received part by part: after ``max_parts`` parts the rest is received and released one
   part at a time, so this process never holds more than ``max_parts`` parts of a message;
 * a memory guard: while this source waits, its resident memory may grow by at most
-  ``(hwm + 1) x (2 x max_bytes + header)`` plus a margin (:attr:`ZmqSource.memory_budget_bytes`, the
-  receive queue full of the largest valid frames); beyond that the socket is closed, which frees the
+  ``(hwm + 1) x (2 x max_bytes + header) + 2 x max_bytes + 16 MiB`` (:attr:`ZmqSource.memory_budget_bytes`:
+  the receive queue full of the largest valid frames, one frame's preprocessing temporaries, slack;
+  784 MiB with the defaults); beyond that the socket is closed, which frees the
   message libzmq was assembling, and opened again (counted in ``oversized_messages``; logged). Measured
   figures: docs/SECURITY.md.
 
@@ -82,8 +83,8 @@ _NO_RETRY_GRACE_S = 1.0
 #: A hostile message arriving over loopback at ~2 GB/s can add ~40 MB between two looks.
 _GUARD_PERIOD_S = 0.02
 #: Growth allowed on top of a full receive queue: the worker's temporaries for one frame (preprocessing a
-#: 64 MiB frame allocates about 2x its size, freed after) and allocator slack.
-_GUARD_MARGIN_BYTES = 128 * 2**20
+#: frame allocates about 2x its size, freed after) plus this much allocator slack.
+_GUARD_SLACK_BYTES = 16 * 2**20
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -154,8 +155,9 @@ class ZmqSource(Source):
         self.curve = curve
         self.limits = _limits_from_uri(uri, limits)
         #: Growth of resident memory allowed while waiting: a receive queue full of the largest valid frames.
-        self.memory_budget_bytes = ((self.hwm + 1) * (2 * self.limits.max_payload_bytes + self.limits.max_header_bytes)
-                                    + _GUARD_MARGIN_BYTES)
+        payload = self.limits.max_payload_bytes
+        self.memory_budget_bytes = ((self.hwm + 1) * (2 * payload + self.limits.max_header_bytes)
+                                    + 2 * payload + _GUARD_SLACK_BYTES)
         self._rss_base = 0
         self._next_guard = 0.0
         self._socket: zmq.Socket | None = None
@@ -319,7 +321,14 @@ class ZmqSource(Source):
                     "message larger than any valid frame; closing and reopening the socket to free it",
                     self.configured_endpoint, grown >> 20, self.memory_budget_bytes >> 20)
         self._close()
-        self._open()  # a SourceError here (a bound port not yet released) reaches the receiver: it reopens with backoff
+        for attempt in range(50):  # a bound port is released asynchronously after close
+            try:
+                self._open()
+                return
+            except SourceError:
+                if attempt == 49:
+                    raise  # the receiver reopens with backoff
+                time.sleep(0.01)
 
     def _check_given_up(self) -> None:
         """Raise :class:`SourceError` if libzmq dropped the sender and will not reconnect by itself."""

@@ -39,6 +39,8 @@ def backend_options(model: ModelSection, backend: str) -> dict[str, Any]:
         if model.engine_cache:
             opts["cache_dir"] = model.engine_cache
         return opts
+    if backend == "openvino":  # the pipeline consumes each output before the next inference
+        return {"threads": model.threads, "precision": model.precision, "reuse_output_buffers": True}
     # The pipeline consumes each output before the next inference, so the backend may reuse buffers.
     return {"intra_op_threads": model.threads, "reuse_output_buffers": True, "spin_after_run": model.spin_after_run}
 
@@ -83,9 +85,12 @@ def sink_options(cfg: RunConfig, endpoint: str, security: Any, context: Any) -> 
 
 
 def stream_options(cfg: RunConfig) -> StreamOptions:
-    return StreamOptions(max_age_ms=cfg.publish.max_age_ms, render_rgba=cfg.publish.render_rgba, roi=cfg.source.roi,
-                         status_interval_s=cfg.publish.status_interval_s, stall_timeout_s=cfg.source.stall_timeout_s,
-                         warmup_runs=cfg.model.warmup_runs, inject=cfg.inject)
+    sources = cfg.sources
+    return StreamOptions(max_age_ms=cfg.publish.max_age_ms, render_rgba=cfg.publish.render_rgba, roi=sources[0].roi,
+                         status_interval_s=cfg.publish.status_interval_s,
+                         stall_timeout_s=min(s.stall_timeout_s for s in sources), warmup_runs=cfg.model.warmup_runs,
+                         inject=cfg.inject, max_batch=cfg.model.max_batch, batch_wait_ms=cfg.model.batch_wait_ms,
+                         stream_rois=tuple(s.roi for s in sources))
 
 
 def build_stream(cfg: RunConfig, *, observers: list[PipelineObserver] | None = None,
@@ -101,28 +106,38 @@ def build_stream(cfg: RunConfig, *, observers: list[PipelineObserver] | None = N
     ``security`` (an object with ``apply_server(socket)`` and ``close()``) replaces the CURVE server built
     from ``cfg.security``; ``telemetry`` gives the latest device sample for status messages.
     """
-    model = load_model(cfg.model.file, contract=cfg.model.contract, backend=cfg.model.backend, sha256=cfg.model.sha256)
+    model = load_model(cfg.model.file, contract=cfg.model.contract, backend=cfg.model.backend, sha256=cfg.model.sha256,
+                       precision=cfg.model.precision)
     with ExitStack() as undo:  # whatever is opened here is closed again if a later check fails
         if security is None:
             security = server_security(cfg.security)
             if security is not None:
                 undo.callback(security.close)
-        curve = source_curve(cfg.security, cfg.source.uri)
-        # The source URI comes from the operator (config or command line), so GStreamer pipelines are allowed
-        # here; no network message ever reaches open_source.
-        source = open_source(cfg.source.uri, source_id=cfg.source.id, allow_pipeline_uris=True,
-                             **({"curve": curve} if curve else {}))
-        source.preflight()
-        listen = source.listen_endpoint()
-        if listen is not None:
-            check_bind_allowed(listen, encrypted=curve is not None,
-                               allow_insecure_remote=cfg.security.allow_insecure_remote, what="the frame source")
+        sources = [_open_checked_source(cfg, section) for section in cfg.sources]
         backend = load_backend(model, **backend_options(cfg.model, model.backend))
         publisher = open_sinks(cfg.publish.endpoints, lambda endpoint: sink_options(cfg, endpoint, security, context))
+        if len(sources) > 1:
+            for sink in publisher.sinks:
+                sink.topic_per_stream = True
         undo.pop_all()
     _log_start(cfg, model, publisher.bound_endpoint)
-    return Pipeline(source, backend, publisher, security=security, options=stream_options(cfg), observers=observers,
-                    telemetry=telemetry)
+    return Pipeline(sources if len(sources) > 1 else sources[0], backend, publisher, security=security,
+                    options=stream_options(cfg), observers=observers, telemetry=telemetry)
+
+
+def _open_checked_source(cfg: RunConfig, section: Any) -> Any:
+    """One source from its config section, checked (preflight, non-loopback rule) before anything binds."""
+    curve = source_curve(cfg.security, section.uri)
+    # The source URI comes from the operator (config or command line), so GStreamer pipelines are allowed
+    # here; no network message ever reaches open_source.
+    source = open_source(section.uri, source_id=section.id, allow_pipeline_uris=True,
+                         **({"curve": curve} if curve else {}))
+    source.preflight()
+    listen = source.listen_endpoint()
+    if listen is not None:
+        check_bind_allowed(listen, encrypted=curve is not None,
+                           allow_insecure_remote=cfg.security.allow_insecure_remote, what="the frame source")
+    return source
 
 
 def _log_start(cfg: RunConfig, model: LoadedModel, publish: str) -> None:
@@ -130,11 +145,12 @@ def _log_start(cfg: RunConfig, model: LoadedModel, publish: str) -> None:
         "medstream %s (commit %s) starting: config %s, model %s (sha256 %s, id %s, %s), backend %s (%s), source %s, "
         "publish %s, python %s on %s",
         __version__, git_commit(), config_hash(cfg), model.path.name, model.sha256()[:12], model.contract.model_id,
-        model.variant, model.backend, model.backend_reason, cfg.source.uri, publish, platform.python_version(),
+        model.variant, model.backend, model.backend_reason, " + ".join(s.uri for s in cfg.sources), publish,
+        platform.python_version(),
         platform.machine(),
         extra={"fields": {"event": "start", "version": __version__, "commit": git_commit(), "config_hash": config_hash(cfg),
                           "model": str(model.path), "run_path": str(model.run_path), "backend": model.backend,
-                          "source": cfg.source.uri, "publish": publish}},
+                          "source": [s.uri for s in cfg.sources], "publish": publish}},
     )
 
 
