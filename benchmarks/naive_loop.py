@@ -39,6 +39,11 @@ def main(argv=None):
     p.add_argument("--source", required=True, help="frame endpoint to connect to")
     p.add_argument("--publish", required=True, help="overlay endpoint to bind")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--backend", choices=["onnxruntime", "openvino"], default="onnxruntime",
+                   help="openvino: the loop a user writes with OpenVINO's compile_model (medstream bench --backend)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default="auto",
+                   help="openvino only: int8 runs M.int8.onnx beside M.onnx; fp32/bf16 set the precision hint; "
+                        "auto leaves OpenVINO's default")
     p.add_argument("--delay-ms", type=float, default=0.0, help="sleep added per frame (harness tests only)")
     p.add_argument("--summary", default=None, help="write a JSON summary here at exit")
     args = p.parse_args(argv)
@@ -47,11 +52,14 @@ def main(argv=None):
     contract = read_contract(args.model)
     spec = contract.input
     norm = spec.normalization
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = args.threads
-    opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(args.model, sess_options=opts, providers=["CPUExecutionProvider"])
     output_name = contract.primary_output.name
+    if args.backend == "openvino":
+        session = _OpenVinoSession(args.model, args.threads, args.precision, output_name)
+    else:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = args.threads
+        opts.inter_op_num_threads = 1
+        session = ort.InferenceSession(args.model, sess_options=opts, providers=["CPUExecutionProvider"])
     dtype = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}[spec.dtype]
     shape = (1, spec.channels, spec.height, spec.width) if spec.layout == "NCHW" else (1, spec.height, spec.width, spec.channels)
     session.run([output_name], {spec.name: np.zeros(shape, dtype)})  # warm-up
@@ -123,6 +131,24 @@ def main(argv=None):
     overlays.close(200)
     ctx.term()
     return 0
+
+
+class _OpenVinoSession:
+    """What a user writes with OpenVINO: ``compile_model`` with a thread count (and a precision hint if asked)."""
+
+    def __init__(self, model: str, threads: int, precision: str, output_name: str) -> None:
+        import openvino as ov
+
+        if precision == "int8":
+            model = model[:-len(".onnx")] + ".int8.onnx"
+        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+        if precision in ("fp32", "bf16"):
+            config["INFERENCE_PRECISION_HINT"] = {"fp32": "f32", "bf16": "bf16"}[precision]
+        self._request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
+        self._output = output_name
+
+    def run(self, names, feeds):
+        return [self._request.infer(feeds)[self._output]]
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ class Settings:
     overload_rate: float | None = None  # None: 2x capacity
     streams: int = 2
     threads: int = 1
+    backend: str = "onnxruntime"        # every scenario's backend (medstream bench --backend)
+    precision: str = "auto"             # OpenVINO's precision (--precision); other backends: auto
     rounds: int = 1                     # the whole suite this many times, pooled (benchmarks.pooling)
     round_tag: str = ""                 # "round2": output subfolder of the round being run
     fixed_capacity: float | None = None  # after round 1: every round runs at the same rates
@@ -119,7 +121,8 @@ def floor(s: Settings, runs: int | None = None, duration_s: float | None = None)
     from medstream.runtime.phantom import make_phantom
 
     c = s.contract
-    backend = load_backend(load_model(s.model_path, backend="onnxruntime"), intra_op_threads=s.threads)
+    backend = load_backend(load_model(s.model_path, backend=s.backend, precision=s.precision),
+                           **_backend_options(s))
     backend.activate()
     pre = backend.make_preprocessor()
     image, _ = make_phantom(s.sim_kind, fps=30, height=c.input.height, width=c.input.width, seed=0).render(0)
@@ -143,9 +146,26 @@ def floor(s: Settings, runs: int | None = None, duration_s: float | None = None)
     res = _result("floor", latency_ms=fig, capacity_fps=cap, throughput_fps=n / max(time.perf_counter() - t0, 1e-9),
                   timeline=timeline, cdf=cdf_points(hist), runs=n, warmup_runs=warm,
                   histograms={"age": encode_histogram(hist)},
-                  notes=[f"{warm} warm-up inferences excluded; {n} timed (intra-op threads {s.threads})"])
+                  backend=backend.describe(),
+                  notes=[f"{warm} warm-up inferences excluded; {n} timed ({backend.name}, {backend.precision}, "
+                         f"threads {s.threads})"])
     s.cache["floor"] = res
     return res
+
+
+def _backend_options(s: Settings) -> dict[str, Any]:
+    """The floor's runner options for ``s.backend`` (as ``medstream run`` gives them: stream/assembly.py)."""
+    if s.backend == "openvino":
+        return {"threads": s.threads, "precision": s.precision}
+    if s.backend == "tensorrt":
+        return {}
+    return {"intra_op_threads": s.threads}
+
+
+def _run_flags(s: Settings) -> list[str]:
+    """``medstream run`` flags for the bench's backend, precision and threads."""
+    flags = ["--backend", s.backend, "--threads", str(s.threads)]
+    return flags + (["--precision", s.precision] if s.precision != "auto" else [])
 
 
 def _floor(s: Settings) -> dict[str, Any]:
@@ -199,7 +219,8 @@ def pipeline(s: Settings) -> dict[str, Any]:
 
     rec = Recorder()
     cfg = load_config(None, {"source": f"synthetic://{s.sim_kind}?fps={rate:.3f}&width={w}&height={h}&truth=0",
-                             "model": str(s.model_path), "backend": "onnxruntime", "threads": s.threads,
+                             "model": str(s.model_path), "backend": s.backend, "precision": s.precision,
+                             "threads": s.threads,
                              "publish": f"tcp://127.0.0.1:{harness.free_port()}",
                              "inject": {"delay_ms": dict(s.inject_delay_ms)}})
     with build_stream(cfg, observers=[rec]) as pipe:
@@ -248,7 +269,7 @@ def stream(s: Settings, name: str, rate: float, *, engine: str = "medstream", n_
                 **({"inject": {"delay_ms": s.inject_delay_ms}} if s.inject_delay_ms else {})}))
             shared_worker = group.spawn("run", harness.medstream_cmd(
                 "--log-level", "WARNING", "run", "--config", str(cfg), "--model", str(s.model_path),
-                "--backend", "onnxruntime", "--publish", shared_pub, "--threads", str(s.threads),
+                *_run_flags(s), "--publish", shared_pub,
                 "--summary", str(out / "run_summary.json")))
         for i in range(n_streams):
             tag = f"{i}" if n_streams > 1 else ""
@@ -257,7 +278,7 @@ def stream(s: Settings, name: str, rate: float, *, engine: str = "medstream", n_
                 worker = shared_worker
             elif engine == "medstream":
                 argv = ["--log-level", "WARNING", "run", "--source", f"zmq+{sim_ep}", "--model", str(s.model_path),
-                        "--backend", "onnxruntime", "--publish", pub_ep, "--threads", str(s.threads),
+                        *_run_flags(s), "--publish", pub_ep,
                         "--summary", str(out / f"run{tag}_summary.json"), "--source-id", f"bench{tag}"]
                 if s.inject_delay_ms:
                     cfg = out / f"run{tag}.yaml"
@@ -270,7 +291,8 @@ def stream(s: Settings, name: str, rate: float, *, engine: str = "medstream", n_
                     "--summary", str(out / f"relay{tag}_summary.json")))
             else:
                 argv = ["--model", str(s.model_path), "--source", sim_ep, "--publish", pub_ep,
-                        "--threads", str(s.threads), "--summary", str(out / f"naive{tag}_summary.json")]
+                        "--threads", str(s.threads), "--summary", str(out / f"naive{tag}_summary.json"),
+                        *(["--backend", s.backend, "--precision", s.precision] if s.backend == "openvino" else [])]
                 if s.naive_delay_ms:
                     argv += ["--delay-ms", str(s.naive_delay_ms)]
                 worker = group.spawn(f"naive{tag}", harness.module_cmd("medstream.benchmarks.naive_loop", *argv))

@@ -25,6 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,13 +41,46 @@ from medstream.calibration.validator import validate_model
 from medstream.runtime.contract import ModelContract
 from medstream.runtime.errors import ConfigError, MedstreamError
 from medstream.runtime.files import write_text_atomic
-from medstream.runtime.models.loader import read_model_contract
+from medstream.runtime.models.loader import require_model_contract
 
 log = logging.getLogger("medstream.calibration")
 
 
 class CalibrationError(MedstreamError):
     """Calibration could not produce a valid INT8 model."""
+
+
+#: What to do when a library fails inside a calibration stage (the stage names what was being done).
+_STAGE_FIXES = {
+    "preparing the model": "check that the model runs in ONNX Runtime ('medstream inspect MODEL' shows its graph)",
+    "collecting statistics": "check that --data frames fit the model's input (size, channels) and that the model "
+                             "runs in ONNX Runtime ('medstream run --model MODEL' on a few frames)",
+    "quantizing": "leave the named node in float with --exclude NODE (or --keep-first-last-float), or try "
+                  "--method minmax; if it persists, report it with the model",
+    "scoring the accuracy gate": "check the contract against the model's outputs (medstream inspect MODEL) and that "
+                                 "--eval-data holds frames with masks of the model's classes",
+}
+
+
+@contextmanager
+def _stage(what: str, model: Path | str) -> Iterator[None]:
+    """Turn any non-medstream exception raised while doing ``what`` into a :class:`CalibrationError`.
+
+    The quantizer and ONNX Runtime raise ``ValueError``/``RuntimeError``/``KeyError`` on graphs they cannot
+    handle (e.g. "Quantization parameters are not specified for param ..."): the user gets the model,
+    the stage, the library's message and a way out, never a traceback. Medstream's own errors pass as they are.
+    """
+    try:
+        yield
+    except MedstreamError:
+        raise
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the point: whatever the library raises
+        message = " ".join(str(exc).split())[:400] or "(no message)"
+        log.debug("calibration stage %r failed", what, exc_info=True)
+        raise CalibrationError(f"calibrating {model} failed while {what}: {type(exc).__name__}: {message}",
+                               _STAGE_FIXES.get(what, "report it with the model")) from None
 
 
 @dataclass
@@ -150,7 +185,8 @@ class _Run:
         self.req = req
         self.contract = contract
         self.workdir = workdir
-        self.prepared = q.prepare_model(req.model, workdir)
+        with _stage("preparing the model", req.model):
+            self.prepared = q.prepare_model(req.model, workdir)
         self.model_sha = file_sha256(req.model)
         root = (req.cache_dir or default_cache_dir()) if req.use_cache else None
         self.cache = CalibrationCache(root)
@@ -171,15 +207,16 @@ class _Run:
             self.req.data, frames, self.contract, roi=self.req.roi)
         if self.data is None:
             self.data = data
-        key = CalibrationCache.stats_key(self.model_sha, data.description)
+        key = CalibrationCache.stats_key(f"{self.model_sha}+{q.PREPARE_FORMAT}", data.description)
         stats = self.cache.load_stats(key) if data.cacheable else None
         if stats is not None:
             log.info("calibration statistics for %d frames found in the cache (%s)", stats.frames,
                      self.cache.stats_path(key))
             self.cache_info.update(stats_hit=True, stats_key=key)
         else:
-            stats = collect_statistics(self.prepared, self.contract.input.name, data.inputs(), total=frames,
-                                       progress=self.req.progress, threads=self.req.threads)
+            with _stage("collecting statistics", self.req.model):
+                stats = collect_statistics(self.prepared, self.contract.input.name, data.inputs(), total=frames,
+                                           progress=self.req.progress, threads=self.req.threads)
             self.frames_skipped += data.skipped
             if stats.frames == 0:
                 raise ConfigError(f"no calibration frames could be read from {data.label()}",
@@ -209,8 +246,9 @@ class _Run:
         ranges_json, _, _ = self.ranges_json(method, frames)
         self.counter += 1
         suffix = ".int8.onnx" if variant == "tensorrt" else ".int8-cpu.onnx"
-        path = q.quantize_variant(self.prepared, ranges_json, method, self.workdir / f"a{self.counter}{suffix}",
-                                  variant, exclude)
+        with _stage("quantizing", self.req.model):
+            path = q.quantize_variant(self.prepared, ranges_json, method, self.workdir / f"a{self.counter}{suffix}",
+                                      variant, exclude)
         if variant == "tensorrt":
             violations = validate_model(path)
             if violations and all(v.rule == "no_qdq" for v in violations):
@@ -230,9 +268,10 @@ class _Run:
         cpu = self.quantize(method, frames, exclude, "cpu") if self.req.cpu_variant else None
         assert self.gate is not None
         report = self.gate.new_report()
-        report.variants.append(self.gate.score(trt, "int8"))
-        if cpu is not None:
-            report.variants.append(self.gate.score(cpu, "int8-cpu"))
+        with _stage("scoring the accuracy gate", self.req.model):
+            report.variants.append(self.gate.score(trt, "int8"))
+            if cpu is not None:
+                report.variants.append(self.gate.score(cpu, "int8-cpu"))
         result = Attempt(label=label, remedy=remedy, method=method, frames=used, exclude=list(exclude),
                          gate=report, trt_path=trt, cpu_path=cpu, ranges=ranges)
         log.info("attempt %s: %s (worst Dice drop %.2f points)", label, "pass" if result.passed else "FAIL",
@@ -280,6 +319,9 @@ def _label(method: str, frames: int, exclude: list[str], note: str = "") -> str:
 def calibrate(req: CalibrateRequest, data: CalibrationData | None = None) -> CalibrationResult:
     """Quantize ``req.model`` as asked, gate it, and write the outputs of the attempt that passes.
 
+    Every failure is a :class:`~medstream.runtime.errors.MedstreamError` naming the model and the way
+    out (library exceptions are wrapped per stage by :func:`_stage`); no traceback reaches the user.
+
     Parameters
     ----------
     req
@@ -288,10 +330,15 @@ def calibrate(req: CalibrateRequest, data: CalibrationData | None = None) -> Cal
         Calibration frames to use instead of building them from ``req.data`` (tests pass one to
         count reads).
     """
+    with _stage("running the calibration", req.model):
+        return _calibrate(req, data)
+
+
+def _calibrate(req: CalibrateRequest, data: CalibrationData | None) -> CalibrationResult:
     method = req.method or q.DEFAULT_METHOD
     if method not in METHODS:
         raise ConfigError(f"unknown calibration method {method!r}", f"use one of: {', '.join(METHODS)}")
-    contract = read_model_contract(Path(req.model), req.contract_overrides)
+    contract = require_model_contract(Path(req.model), req.contract_overrides, "calibrate")
     if contract.task != "segmentation":
         raise ConfigError(f"model {req.model} is a {contract.task} model; the accuracy gate scores segmentation",
                           "calibrate a segmentation model")
@@ -310,8 +357,9 @@ def calibrate(req: CalibrateRequest, data: CalibrationData | None = None) -> Cal
         first_last = q.first_last_layers(run.prepared, contract.primary_output.name)
         base_exclude = list(dict.fromkeys(req.exclude + (first_last if req.keep_first_last_float else [])))
         run.statistics(req.frames)  # the one statistics pass (or the cache), before the slower gate setup
-        eval_set = EvalSet.load(contract, eval_uri, req.eval_frames, roi=req.roi)
-        run.gate = Gate(run.prepared, contract, eval_set, req.max_dice_drop, threads=req.threads)
+        with _stage("scoring the accuracy gate", req.model):
+            eval_set = EvalSet.load(contract, eval_uri, req.eval_frames, roi=req.roi)
+            run.gate = Gate(run.prepared, contract, eval_set, req.max_dice_drop, threads=req.threads)
 
         note = "first/last layers in float" if req.keep_first_last_float and not req.exclude else ""
         attempts = [run.attempt(_label(method, req.frames, base_exclude, note), "initial", method, req.frames,

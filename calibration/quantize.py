@@ -51,6 +51,9 @@ VARIANTS = ("tensorrt", "cpu")
 PRECISION_KEY = "medstream.precision"
 QUANTIZATION_KEY = "medstream.quantization"
 MIN_OPSET = 13
+#: What :func:`prepare_model` does to a graph, part of the statistics cache key: tensor names of the
+#: prepared graph differ from an older preparation's, so its cached ranges must not be reused.
+PREPARE_FORMAT = "quant_pre_process-1"
 #: Layers that carry weights: the ones "first/last layer" means, and the ones worth excluding.
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
@@ -364,6 +367,6 @@ def float_nodes(model_path: str | Path, candidates: Sequence[str]) -> list[str]:
             and by_name[c].input[1] not in dq_outputs]
 
 
-__all__ = ["DEFAULT_METHOD", "VARIANTS", "amax_of", "cpu_variant_path", "first_last_layers", "prepare_model",
-           "quantize_variant", "read_quantization", "sibling_path", "stamp_metadata", "variant_settings",
+__all__ = ["DEFAULT_METHOD", "PREPARE_FORMAT", "VARIANTS", "amax_of", "cpu_variant_path", "first_last_layers",
+           "prepare_model", "preprocess_for_quantization", "quantize_variant", "read_quantization", "sibling_path", "stamp_metadata", "variant_settings",
            "write_ranges"]

@@ -89,6 +89,7 @@ class FrameAccounting:
         self.dropped: Counter[str] = Counter()
         self.invalid_by_reason: Counter[str] = Counter()
         self.stale_at_publish = 0  # of dropped['stale']: fresh when work started, too old once the overlay was ready
+        self.low_confidence = 0  # of processed: overlays flagged low_confidence (model.low_confidence_below)
         self.latency: dict[str, LatencyStats] = {}
 
     # ---- events, one call per frame outcome
@@ -144,6 +145,12 @@ class FrameAccounting:
         with self._lock:
             self.processed += 1
 
+    def on_low_confidence(self) -> None:
+        """A processed frame whose overlay the model was unsure of (its ``low_confidence`` flag): counted, still
+        published, so a viewer can show the warning."""
+        with self._lock:
+            self.low_confidence += 1
+
     def on_published(self, ok: bool = True) -> None:
         with self._lock:
             if ok:
@@ -181,6 +188,7 @@ class FrameAccounting:
                 "dropped_total": sum(dropped.values()),
                 "invalid_by_reason": dict(self.invalid_by_reason),
                 "stale_at_publish": self.stale_at_publish,
+                "low_confidence": self.low_confidence,
                 "in_flight": self.received - self.processed - sum(dropped.values()),
             }
 

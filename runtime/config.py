@@ -97,6 +97,9 @@ class ModelSection(_Strict):
                                "to start unless its SHA-256 is this (bundled models are always checked)")
     contract: dict[str, Any] | None = Field(default=None, description="fills in or overrides the model's "
                                             "embedded contract (docs/MODEL_CONTRACT.md)")
+    low_confidence_below: float | None = Field(default=0.5, ge=0, le=1, description="flag an overlay "
+                                               "low_confidence (and count it in status) when its confidence, the "
+                                               "mean probability of the model's answer, is under this; null: never")
 
 
 class PublishSection(_Strict):
@@ -222,6 +225,7 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "spin_after_run": ("model", "spin_after_run"), "warmup_runs": ("model", "warmup_runs"),
     "max_batch": ("model", "max_batch"), "batch_wait_ms": ("model", "batch_wait_ms"),
     "engine_cache": ("model", "engine_cache"), "no_build": ("model", "no_build"), "contract": ("model", "contract"),
+    "low_confidence_below": ("model", "low_confidence_below"),
     "publish": ("publish", "endpoints"), "send_hwm": ("publish", "send_hwm"),
     "status_interval_s": ("publish", "status_interval_s"), "max_age_ms": ("publish", "max_age_ms"),
     "render_rgba": ("publish", "render_rgba"),

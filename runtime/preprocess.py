@@ -185,10 +185,7 @@ class Preprocessor:
             else:
                 content = mapping.content
         image = self.convert_color(image, color_order)
-        if content is None:
-            resized = self._resize(image, self._hw)
-        else:
-            resized = self._letterbox(image, content)
+        resized = self._resize(image, self._hw) if content is None else self._letterbox(image, content)
         if spec.dtype == "uint8":
             hwc_out = resized
         else:

@@ -17,8 +17,8 @@ import numpy as np
 from medstream.runtime.contract import ModelContract
 from medstream.runtime.decoders.base import (
     Decoded,
-    Decoder,
     DecodeError,
+    Decoder,
     binary_entropy,
     coarse_heatmap,
     content_fractions,

@@ -25,7 +25,15 @@ import cv2
 import numpy as np
 
 from medstream.runtime.contract import ModelContract
-from medstream.runtime.decoders.base import Decoded, Decoder, DecodeError, binary_entropy, first, host, sigmoid
+from medstream.runtime.decoders.base import (
+    Decoded,
+    DecodeError,
+    Decoder,
+    binary_entropy,
+    first,
+    host,
+    sigmoid,
+)
 
 _NO_BOXES = np.zeros((0, 6), np.float32)
 

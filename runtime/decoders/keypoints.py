@@ -15,8 +15,8 @@ import numpy as np
 from medstream.runtime.contract import ModelContract
 from medstream.runtime.decoders.base import (
     Decoded,
-    Decoder,
     DecodeError,
+    Decoder,
     binary_entropy,
     coarse_heatmap,
     content_fractions,
@@ -49,6 +49,9 @@ class KeypointDecoder(Decoder):
         model_xy = np.stack([(peaks % w + 0.5) * mw / w, (peaks // w + 0.5) * mh / h], axis=1)
         mapping = self.mapping(frame_size, roi)
         frame_xy = mapping.to_frame(model_xy)
+        rx, ry, rw, rh = mapping.region  # a peak in the letterbox border lands on the region's edge
+        np.clip(frame_xy[:, 0], rx, rx + rw, out=frame_xy[:, 0])
+        np.clip(frame_xy[:, 1], ry, ry + rh, out=frame_xy[:, 1])
         found = probs >= self.contract.decode.point_threshold
         points = np.empty((int(found.sum()), 4), np.float32)
         points[:, :2] = frame_xy[found]

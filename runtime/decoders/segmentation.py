@@ -21,8 +21,8 @@ import numpy as np
 from medstream.runtime.contract import ModelContract
 from medstream.runtime.decoders.base import (
     Decoded,
-    Decoder,
     DecodeError,
+    Decoder,
     all_indices,
     binary_entropy,
     coarse_heatmap,
@@ -88,12 +88,22 @@ class SoftmaxSegmentation(Decoder):
 
     def decode(self, outputs: dict[str, Any], frame_size: tuple[int, int],
                roi: tuple[int, int, int, int] | None) -> Decoded:
+        if self.output.activation == "auto" and self.output.kind != "mask":
+            self._check_auto(outputs[self.output.name])
         full = self.post.class_map(outputs)
         confidence, entropy = self._confidence(outputs, full)
         mask, mask_roi = _mask_region(full, None if self.stretch else self.mapping(frame_size, roi), roi)
         return Decoded(task="segmentation", mask=mask, mask_roi=mask_roi,
                        contours=self.post.contours(mask, frame_size, roi=mask_roi), areas_px=self.post.areas(mask),
                        confidence=confidence, entropy=entropy)
+
+    def _check_auto(self, y: Any) -> None:
+        """An unchecked ``auto`` output: argmax only what has one channel per class (never a sigmoid output)."""
+        channels = int(y.shape[1] if self.nchw else y.shape[-1])
+        if self.activation(self.output, channels) != "softmax" or channels != self.n_classes:
+            raise DecodeError(f"output {self.output.name!r} has {channels} channels for {self.n_classes} classes: "
+                              "not a softmax output; check the model at load (medstream.runtime.decoders.refine)")
+        self.output = self.output.model_copy(update={"activation": "softmax"})
 
     def _confidence(self, outputs: dict[str, Any], mask: np.ndarray) -> tuple[float | None, float | None]:
         if self.output.kind == "mask":

@@ -252,9 +252,7 @@ def _check_output(contract: ModelContract, index: int, out: OutputSpec, info: Te
     if task == "classification":
         if out.layout != "NC":
             raise refuse("a classification output is [N, C] and needs layout NC", f"set contract.outputs[{index}].layout: NC")
-        if rank == 4 and shape[2] == 1 and shape[3] == 1:
-            channels = shape[1]
-        elif rank == 2:
+        if rank == 4 and shape[2] == 1 and shape[3] == 1 or rank == 2:
             channels = shape[1]
         else:
             raise refuse("a classification output is [N, C] (or [N, C, 1, 1])",

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from medstream.runtime.contract import ModelContract
-from medstream.runtime.errors import require
+from medstream.runtime.errors import ContractError, require
 from medstream.runtime.postprocess import Postprocessor
 from medstream.runtime.preprocess import FrameMismatch, infer_color_order
 
@@ -272,6 +272,31 @@ def resize_mode(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> tuple[int, 
     return RESIZE_LINEAR, 0
 
 
+def check_gpu_support(contract: ModelContract, backend: str) -> None:
+    """Refuse, at load, a contract the GPU pre/postprocessing does not mirror (issue 13), naming each reason.
+
+    The device path does: segmentation by softmax/argmax (or a class map), stretch resize, the
+    ``scale_mean_std``, ``window`` and ``range`` normalisations. Not (yet): sigmoid segmentation,
+    classification, detection and keypoint decoding (their decoders run on host arrays), letterbox and centre
+    crop (the kernel resizes the whole ROI), per-image standardisation (needs a reduction over the frame first).
+    """
+    problems = []
+    out = contract.primary_output
+    if contract.task != "segmentation":
+        problems.append(f"task {contract.task} (the device path decodes segmentation only)")
+    elif out.kind != "mask" and out.activation not in ("softmax", "auto"):
+        problems.append(f"output activation {out.activation} (the device kernel takes an argmax)")
+    if contract.input.resize != "stretch":
+        problems.append(f"input.resize {contract.input.resize} (the device kernel stretches the ROI)")
+    if contract.input.normalization.kind == "per_image":
+        problems.append("input.normalization per_image (the device kernel applies fixed coefficients)")
+    if problems:
+        raise ContractError(f"model {contract.model_id} cannot run on the {backend} backend's GPU pre/postprocessing: "
+                            + "; ".join(problems),
+                            "run it with --backend onnxruntime (the CPU path supports every contract), or change "
+                            "those contract fields")
+
+
 def normalization_coefficients(contract: ModelContract) -> tuple[np.ndarray, np.ndarray, bool]:
     """``(a, b, clip)`` with model input ``= pixel * a[c] + b[c]``: the same fold as ``Preprocessor``."""
     spec = contract.input
@@ -280,6 +305,9 @@ def normalization_coefficients(contract: ModelContract) -> tuple[np.ndarray, np.
         mean = np.resize(np.asarray(norm.mean, np.float32), c)
         std = np.resize(np.asarray(norm.std, np.float32), c)
         return (norm.scale / std).astype(np.float32), (-mean / std).astype(np.float32), False
+    if norm.kind == "range":
+        lo, hi = norm.value_range
+        return np.full(c, (hi - lo) / 255.0, np.float32), np.full(c, lo, np.float32), False
     span = norm.high - norm.low
     return np.full(c, 1.0 / span, np.float32), np.full(c, -norm.low / span, np.float32), True
 

@@ -241,10 +241,18 @@ def load_model(model: str | Path, *, contract: dict[str, Any] | None = None, bac
     verify_model_file(path, sha256)
     resolved = read_model_contract(path, contract)
     assert resolved is not None  # required=True
+    if path.suffix.lower() in ONNX_SUFFIXES:  # outputs vs task and classes, before the first frame (issue 13)
+        from medstream.runtime.decoders.validate import check_model_io, model_io_from_onnx
+
+        resolved = check_model_io(resolved, model_io_from_onnx(path))
     if path.suffix.lower() in ENGINE_SUFFIXES and backend == "auto":
         name, why = "tensorrt", "the model is a TensorRT engine"
     else:
         name, why = choose_backend(backend)
+    if name in ("tensorrt", "onnxruntime-cuda"):  # what the GPU pre/postprocessing cannot mirror is refused here
+        from medstream.runtime.gpu.prepost import check_gpu_support
+
+        check_gpu_support(resolved, name)
     if precision != "auto" and name != "openvino":
         raise ConfigError(f"precision {precision} was asked for, but the {name} backend runs the model file as it is",
                           "remove 'precision' (or set it to auto) and point --model at the file to run (M.int8.onnx "

@@ -144,6 +144,9 @@ def check_mask(mask: np.ndarray, mask_path: Path, frame_shape: tuple[int, ...], 
     """A truth mask as a ``uint8`` ``HxW`` class map of the frame's size, or a :class:`ConfigError` saying why not."""
     if mask.ndim == 3 and mask.shape[2] == 1:
         mask = mask[:, :, 0]
+    problem = fmt.mask_problem(mask)  # 0/255 pictures and RGB masks: named, with the conversion
+    if problem is not None:
+        raise ConfigError(f"truth mask {mask_path} (of frame {frame_path.name}) {problem[0]}", problem[1])
     if mask.ndim != 2 or not np.issubdtype(mask.dtype, np.integer):
         raise ConfigError(f"truth mask {mask_path} must be a 2-D integer class map, got {mask.dtype} {mask.shape}",
                           "store masks as HxW uint8 arrays of class ids (0 = background)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 #: Image files OpenCV decodes, in the order a mask beside a frame is looked for after ``.npy``.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -106,14 +107,57 @@ def list_folder(root: Path) -> list[FolderItem]:
     return items
 
 
+#: Paste-able conversion of black/white (0/255) mask images into class maps (255 -> class 1), in place.
+BINARY_MASK_FIX = ("convert them to class ids (0 = background, 1 = the structure) once, in place: python -c \"import "
+                   "sys, cv2; [cv2.imwrite(f, (cv2.imread(f, cv2.IMREAD_GRAYSCALE) > 127).astype('uint8')) for f in "
+                   "sys.argv[1:]]\" MASKS...  (for .npy: np.save(f, (np.load(f) > 127).astype(np.uint8)))")
+
+
+def mask_problem(mask: Any) -> tuple[str, str] | None:
+    """Why ``mask`` (as read from its file) is not a class map, as ``(what, fix)``; ``None`` when it may be one.
+
+    A truth mask is an ``HxW`` array of class ids (0 = background, then the contract's class order). Two
+    common exports are pictures of masks instead, and both used to be read wrong or refused without a word
+    on how to fix them:
+
+    * black/white images (values 0 and 255 only): 255 is not a class id of any medstream model. medstream
+      refuses them rather than reading 255 as class 1: the same file could be a 2-class mask or the first
+      levels of a display-scaled multi-class one, and an accuracy number must not rest on a guess. The fix
+      is a one-line conversion (:data:`BINARY_MASK_FIX`);
+    * colour (RGB/RGBA) images: a grey mask saved with three equal channels, or a colour-coded one.
+    """
+    import numpy as np
+
+    if mask.ndim == 3 and mask.shape[2] in (3, 4):
+        colour = mask[:, :, :3]
+        if (colour == colour[:, :, :1]).all():
+            binary = colour.max() == 255 and not np.count_nonzero((colour != 0) & (colour != 255))
+            return (f"is a {mask.shape[2]}-channel image with equal channels (a grey mask saved as RGB), not an HxW "
+                    "class map" + (" of class ids (its values are 0 and 255)" if binary else ""),
+                    BINARY_MASK_FIX if binary else
+                    "save it single-channel: python -c \"import sys, cv2; [cv2.imwrite(f, cv2.imread(f, "
+                    "cv2.IMREAD_GRAYSCALE)) for f in sys.argv[1:]]\" MASKS...")
+        n = len(np.unique(colour.reshape(-1, 3), axis=0))
+        return (f"is a colour-coded {mask.shape[2]}-channel image ({n} distinct colours), not an HxW class map",
+                "convert it to one class id per pixel (0 = background, then the contract's class order), e.g. "
+                "ids = np.zeros(m.shape[:2], np.uint8); ids[(m[:, :, :3] == (B, G, R)).all(-1)] = 1 for each class "
+                "colour (OpenCV reads colour as BGR), and save ids as PNG or .npy")
+    if mask.ndim == 2 and np.issubdtype(mask.dtype, np.integer) and mask.size and mask.max() == 255 \
+            and not np.count_nonzero((mask != 0) & (mask != 255)):
+        return ("holds only the values 0 and 255: a black/white picture of a mask, not class ids (255 would be "
+                "class 255)", BINARY_MASK_FIX)
+    return None
+
+
 #: What a folder of frames with truth may look like, for error messages.
 LABELLED_LAYOUTS = ("a `medstream record` folder (NNNNNNNN.npy + NNNNNNNN.truth.npy), images/ + masks/ "
                     "sub-folders with matching names, NAME.npy beside NAME_mask.npy (.png also works), or "
                     ".npz files with 'image' and 'mask' arrays")
 
 __all__ = [
-    "ARCHIVE_IMAGE_KEY", "ARCHIVE_MASK_KEYS", "ARCHIVE_SUFFIX", "ARRAY_SUFFIX", "FRAME_SUFFIXES", "HEADER_SUFFIX",
+    "ARCHIVE_IMAGE_KEY", "ARCHIVE_MASK_KEYS", "ARCHIVE_SUFFIX", "ARRAY_SUFFIX", "BINARY_MASK_FIX", "FRAME_SUFFIXES",
+    "HEADER_SUFFIX",
     "IMAGES_DIR", "IMAGE_SUFFIXES", "LABELLED_LAYOUTS", "MASKS_DIR", "MASK_TAGS", "NAME_DIGITS", "TRUTH_SUFFIX",
-    "FolderItem", "has_images_and_masks", "header_path", "is_frame_file", "is_mask_file", "list_folder",
+    "FolderItem", "has_images_and_masks", "header_path", "is_frame_file", "is_mask_file", "list_folder", "mask_problem",
     "recorded_name",
 ]

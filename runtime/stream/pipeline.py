@@ -477,7 +477,7 @@ class Pipeline:
         """Counters, accounting check and whole-run latency percentiles (``--summary`` writes this).
 
         With several streams: ``streams`` holds each stream's own summary; ``counters`` and
-        ``accounting_ok`` at the top are over all of them.
+        ``accounting_ok`` at the top are over all of them, ``latency_ms`` is the worst stream's.
         """
         per_lane = [self._lane_summary(lane) for lane in self.lanes]
         if len(per_lane) == 1:
@@ -486,7 +486,9 @@ class Pipeline:
         return {
             "counters": counters,
             "accounting_ok": all(p["accounting_ok"] for p in per_lane),
-            "latency_ms": {},
+            # the worst stream's figures (by p99 of capture to publish): what the slowest probe sees
+            "latency_ms": max((p["latency_ms"] for p in per_lane),
+                              key=lambda lat: lat.get("total", {}).get("p99", -1.0)),
             "streams": per_lane,
             "source_state": "ended" if all(p["source_state"] == "ended" for p in per_lane) else "stopped",
             "source_crash": next((p["source_crash"] for p in per_lane if p["source_crash"]), None),

@@ -45,6 +45,9 @@ class StreamStatus:
     ``unauthenticated peer refused (N ...)`` while no frame arrives."""
     subscribers_refused: int = 0
     """Overlay subscribers the publisher's ZAP handler refused (key not on the allow-list)."""
+    low_confidence_below: float | None = None
+    """The confidence under which overlays are flagged ``low_confidence`` (config ``model.low_confidence_below``);
+    ``counters.low_confidence`` counts the processed frames so flagged."""
     device_telemetry: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
