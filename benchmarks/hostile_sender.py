@@ -84,6 +84,7 @@ def legit(port: int, fps: float, seconds: float) -> None:
 
 
 def hostile(port: int, phase: str, seconds: float) -> None:
+    os.nice(19)  # the attacker is another host in reality: here it must not take the runtime's cores
     pub = _pub(port)
     t_end, seq = time.monotonic() + seconds, 0
     tiny = np.zeros((1, 1), np.uint8)
@@ -152,12 +153,13 @@ class Subscriber:
 
 
 # ------------------------------------------------------------------------------------------ main
-def run(model: str, phase_s: float, fps: float, phases: tuple[str, ...], threads: int | None) -> dict[str, Any]:
+def run(model: str, phase_s: float, fps: float, phases: tuple[str, ...], threads: int | None,
+        backend: str) -> dict[str, Any]:
     frames_port, overlay_port = free_port(), free_port()
     tmp = Path(tempfile.mkdtemp(prefix="medstream-hostile-"))
     cmd = [sys.executable, "-m", "medstream.cli.main", "run", "--source",
            f"zmq+tcp://127.0.0.1:{frames_port}?bind=1", "--model", model, "--publish",
-           f"tcp://127.0.0.1:{overlay_port}", "--summary", str(tmp / "summary.json")]
+           f"tcp://127.0.0.1:{overlay_port}", "--summary", str(tmp / "summary.json"), "--backend", backend]
     if threads:
         cmd += ["--threads", str(threads)]
     runtime = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(tmp / "run.log", "w"))  # noqa: SIM115
@@ -165,7 +167,7 @@ def run(model: str, phase_s: float, fps: float, phases: tuple[str, ...], threads
     sub = Subscriber(f"tcp://127.0.0.1:{overlay_port}")
     me = [sys.executable, "-m", "medstream.benchmarks.hostile_sender", "--port", str(frames_port)]
     total = phase_s * len(phases) + 3
-    legit_proc = subprocess.Popen([*me, "--role", "legit", "--fps", str(fps), "--seconds", str(total + 2)])
+    legit_proc = subprocess.Popen([*me, "--role", "legit", "--fps", str(fps), "--seconds", str(2 * total + 30)])
     time.sleep(5.0)  # model load and warm-up
     rows = []
     try:
@@ -175,20 +177,24 @@ def run(model: str, phase_s: float, fps: float, phases: tuple[str, ...], threads
             t0 = time.monotonic()
             rss: list[int] = []
             status_before = dict(sub.status.get("counters", {}))
+            cpu_before = sum(proc.cpu_times()[:2])
             while time.monotonic() - t0 < phase_s + 0.5:
                 rss.append(proc.memory_info().rss)
                 time.sleep(0.05)
+            cpu_s = sum(proc.cpu_times()[:2]) - cpu_before
             if attacker is not None:
                 attacker.wait(10)
             lat = np.asarray([ms for t, ms in sub.latency if t0 + 1.0 <= t <= t0 + phase_s])
             c = sub.status.get("counters", {})
+            received = c.get("received", 0) - status_before.get("received", 0)
             rows.append({
                 "phase": phase,
                 "legit_overlays_per_s": round(lat.size / max(phase_s - 1.0, 1e-6), 2),
                 "latency_p50_ms": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
                 "latency_p99_ms": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
                 "rss_peak_mib": round(max(rss) / 2**20, 1), "rss_last_mib": round(rss[-1] / 2**20, 1),
-                "received": c.get("received", 0) - status_before.get("received", 0),
+                "received": received, "runtime_cpu_s": round(cpu_s, 2),
+                "runtime_cpu_us_per_message": round(cpu_s / max(received, 1) * 1e6, 1),
                 "invalid": c.get("dropped", {}).get("invalid", 0) - status_before.get("dropped", {}).get("invalid", 0),
                 "lost_upstream": c.get("lost_upstream"), "seq_jumps": c.get("seq_jumps"),
                 "source_ids_tracked": c.get("source_ids_tracked"), "source_ids_evicted": c.get("source_ids_evicted"),
@@ -216,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fps", type=float, default=15.0, help="legit sender rate (below the model's capacity)")
     p.add_argument("--phases", default=",".join(PHASES))
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--backend", default="onnxruntime", help="pinned so runs compare (auto may pick another)")
     p.add_argument("--label", default="", help="stored with the result (e.g. before/after)")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--role", default=None, help=argparse.SUPPRESS)
@@ -230,12 +237,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     result = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "label": args.label,
               "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-              "config": {"model": args.model, "phase_s": args.phase_s, "legit_fps": args.fps},
-              **run(args.model, args.phase_s, args.fps, tuple(args.phases.split(",")), args.threads)}
-    print(f"{'phase':14s} {'legit/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'RSS peak':>9s} {'RSS last':>9s}")
+              "config": {"model": args.model, "backend": args.backend, "phase_s": args.phase_s, "legit_fps": args.fps},
+              **run(args.model, args.phase_s, args.fps, tuple(args.phases.split(",")), args.threads, args.backend)}
+    print(f"{'phase':14s} {'legit/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'RSS peak':>9s} {'RSS last':>9s} "
+          f"{'msgs':>7s} {'CPU s':>6s} {'us/msg':>7s}")
     for r in result["rows"]:
         print(f"{r['phase']:14s} {r['legit_overlays_per_s']:8.1f} {r['latency_p50_ms']!s:>8s} {r['latency_p99_ms']!s:>8s} "
-              f"{r['rss_peak_mib']:9.1f} {r['rss_last_mib']:9.1f}")
+              f"{r['rss_peak_mib']:9.1f} {r['rss_last_mib']:9.1f} {r['received']:7d} {r['runtime_cpu_s']:6.2f} "
+              f"{r['runtime_cpu_us_per_message']:7.1f}")
     print("accounting ok:", result["accounting_ok"], "exit", result["run_exit_code"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,10 @@ from medstream.benchmarks.subscriber import STAGES, cdf_points, encode_histogram
 
 log = logging.getLogger("medstream.bench")
 
-SCENARIOS = ("floor", "transport", "pipeline", "glass", "overload", "naive", "streams")
+SCENARIOS = ("floor", "transport", "pipeline", "glass", "overload", "naive", "streams", "igtl")
+#: What ``medstream bench`` runs without names: ``igtl`` (4 chains, OpenIGTLink vs ZeroMQ at two frame sizes,
+#: benchmarks/igtl_glass.py) is asked for by name.
+DEFAULT_SCENARIOS = tuple(n for n in SCENARIOS if n != "igtl")
 
 
 @dataclass
@@ -449,11 +452,18 @@ def streams(s: Settings) -> dict[str, Any]:
     return r
 
 
-RUNNERS = {"floor": floor, "transport": transport, "pipeline": pipeline, "glass": glass, "overload": overload, "naive": naive, "streams": streams}
+def igtl(s: Settings) -> dict[str, Any]:
+    """OpenIGTLink glass to glass beside ZeroMQ at 256x256 and 1024x768 (:mod:`medstream.benchmarks.igtl_glass`)."""
+    from medstream.benchmarks.igtl_glass import igtl as run
+
+    return run(s)
+
+
+RUNNERS = {"floor": floor, "transport": transport, "pipeline": pipeline, "glass": glass, "overload": overload, "naive": naive, "streams": streams, "igtl": igtl}
 
 
 #: The folders ``stream`` writes under ``out_dir`` (cleared at the start of a run).
-_FOLDERS = ("transport", "glass", "overload", "naive", "naive_overload", "streams")
+_FOLDERS = ("transport", "glass", "overload", "naive", "naive_overload", "streams", "igtl")
 
 
 def _run_once(s: Settings, names: list[str]) -> dict[str, dict[str, Any]]:
@@ -509,4 +519,4 @@ def stage_sum(stages: dict[str, Any], key: str = "p50") -> float:
     return float(np.sum([stages.get(k, {}).get(key, 0.0) for k in ("preprocess", "infer", "postprocess")]))
 
 
-__all__ = ["SCENARIOS", "STAGES", "Settings", "capacity", "default_threads", "run_scenarios"]
+__all__ = ["DEFAULT_SCENARIOS", "SCENARIOS", "STAGES", "Settings", "capacity", "default_threads", "run_scenarios"]

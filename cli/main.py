@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "service": "service",
     "keys": "keys",
     "soup": "soup",
+    "triton-repo": "triton_repo",
     "inspect": "inspect",
     "contract": "contract",
 }

@@ -74,9 +74,10 @@ class ModelSection(_Strict):
 
     file: str = Field(default=DEFAULT_MODEL, description="bundled name (ultrasound, fluoroscopy) or path to an "
                       ".onnx file, or a .engine built by 'medstream build'")
-    backend: Literal["auto", "onnxruntime", "onnxruntime-cuda", "tensorrt", "openvino"] = Field(
+    backend: Literal["auto", "onnxruntime", "onnxruntime-cuda", "tensorrt", "openvino", "triton"] = Field(
         default="auto", description="auto picks TensorRT, then ONNX Runtime CUDA, then the CPU: OpenVINO on an x86-64 CPU "
-        "when the [openvino] extra is installed, else ONNX Runtime ('medstream doctor' says why)")
+        "when the [openvino] extra is installed, else ONNX Runtime ('medstream doctor' says why); triton: a remote "
+        "Triton Inference Server (model.triton_url; docs/TRITON.md), never picked by auto")
     precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
         default="auto", description="OpenVINO: int8 runs the calibrated M.int8.onnx beside M.onnx; bf16 the FP32 file "
         "in bf16 (CPUs with AMX/AVX512-BF16); fp32 exactly; auto: an INT8 file as int8, an FP32 file in bf16 where the "
@@ -100,6 +101,26 @@ class ModelSection(_Strict):
     low_confidence_below: float | None = Field(default=0.5, ge=0, le=1, description="flag an overlay "
                                                "low_confidence (and count it in status) when its confidence, the "
                                                "mean probability of the model's answer, is under this; null: never")
+    triton_url: str | None = Field(default=None, description="backend triton: the server, grpc://HOST:8001 or "
+                                   "http://HOST:8000 (grpcs://, https:// for TLS)")
+    triton_model: str | None = Field(default=None, description="backend triton: the model's name in the server's "
+                                     "repository (default: the contract's model_id)")
+    triton_version: str | None = Field(default=None, description="backend triton: the model version (default: the "
+                                       "server's version policy, normally the latest)")
+    triton_timeout_ms: float | None = Field(default=None, gt=0, le=60_000, description="backend triton: deadline of "
+                                            "one request (default: 2 x publish.max_age_ms, else 1000)")
+    triton_shared_memory: Literal["auto", "system", "off"] = Field(
+        default="auto", description="backend triton: tensors through system shared memory (auto: when the server "
+        "is on a loopback address)")
+    triton_tls_ca: str | None = Field(default=None, description="backend triton: CA certificate (PEM) that signed "
+                                      "the server's TLS certificate (grpcs:// or https://)")
+    triton_tls_cert: str | None = Field(default=None, description="backend triton: client certificate (PEM) for "
+                                        "mutual TLS")
+    triton_tls_key: str | None = Field(default=None, description="backend triton: the client certificate's key")
+    triton_auth_header: str | None = Field(default=None, description="backend triton: name of the header the "
+                                           "server requires (e.g. triton-access-token, Authorization)")
+    triton_auth_token_file: str | None = Field(default=None, description="backend triton: file holding that "
+                                               "header's value (kept out of the config and the logs)")
 
 
 class PublishSection(_Strict):
@@ -226,6 +247,12 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "max_batch": ("model", "max_batch"), "batch_wait_ms": ("model", "batch_wait_ms"),
     "engine_cache": ("model", "engine_cache"), "no_build": ("model", "no_build"), "contract": ("model", "contract"),
     "low_confidence_below": ("model", "low_confidence_below"),
+    "triton_url": ("model", "triton_url"), "triton_model": ("model", "triton_model"),
+    "triton_version": ("model", "triton_version"), "triton_timeout_ms": ("model", "triton_timeout_ms"),
+    "triton_shared_memory": ("model", "triton_shared_memory"), "triton_tls_ca": ("model", "triton_tls_ca"),
+    "triton_tls_cert": ("model", "triton_tls_cert"), "triton_tls_key": ("model", "triton_tls_key"),
+    "triton_auth_header": ("model", "triton_auth_header"),
+    "triton_auth_token_file": ("model", "triton_auth_token_file"),
     "publish": ("publish", "endpoints"), "send_hwm": ("publish", "send_hwm"),
     "status_interval_s": ("publish", "status_interval_s"), "max_age_ms": ("publish", "max_age_ms"),
     "render_rgba": ("publish", "render_rgba"),

@@ -32,6 +32,15 @@ STATUS_TOPIC = b"status"
 
 FRAME_SCHEMA = "medstream.frame/1"
 OVERLAY_SCHEMA = "medstream.overlay/1"
+#: Overlay schema minor version: 1 adds ``task``, ``confidence``, ``entropy``, ``low_confidence``, ``label``,
+#: ``probabilities``, ``top_k``, ``boxes``, ``points`` and ``heatmap`` to the header (issue 13). Additive: the
+#: schema string and the parts stay as in 1.0, so a 1.0 consumer decodes a 1.1 overlay (and ignores the rest).
+OVERLAY_SCHEMA_MINOR = 1
+TASKS = ("segmentation", "classification", "detection", "keypoints")
+MAX_BOXES = 1000
+MAX_POINTS = 1000
+MAX_HEATMAP_SIDE = 256
+MAX_HEATMAP_PNG_BYTES = 256 * 1024
 STATUS_SCHEMA = "medstream.status/1"
 
 # Matched with fullmatch: ``$`` would also match before a final newline ("cam1\n" was accepted).
@@ -310,6 +319,7 @@ def encode_overlay(overlay: Overlay) -> list[Any]:
     }
     if overlay.mask_roi is not None:
         header["mask_roi"] = list(overlay.mask_roi)
+    header.update(_task_fields(overlay))
     parts: list[Any] = [OVERLAY_TOPIC, None, _array_bytes(overlay.mask), _array_bytes(points)]
     if overlay.rgba is not None:
         header["rgba"] = {"dtype": overlay.rgba.dtype.str, "shape": list(overlay.rgba.shape)}
@@ -402,7 +412,141 @@ def decode_overlay(parts: list[Any], limits: WireLimits = DEFAULT_LIMITS) -> Ove
         class_names=class_names, class_colors=class_colors, mask=mask, frame_size=tuple(frame_size),
         contours=contours, areas_px=_number_map(header, "areas_px"), stages_ms=_number_map(header, "stages_ms"),
         t_publish_ns=t_publish_ns, rgba=rgba, mask_roi=tuple(mask_roi) if mask_roi is not None else None,
+        **_decode_task_fields(header, len(class_names), tuple(frame_size)),
     )
+
+
+# ------------------------------------------------------------------------- overlay 1.1: per-task fields
+def _task_fields(overlay: Overlay) -> dict[str, Any]:
+    """The header fields of schema 1.1 (docs/WIRE.md). Coordinates are source-frame pixels, 2 decimals."""
+    out: dict[str, Any] = {"schema_minor": OVERLAY_SCHEMA_MINOR, "task": overlay.task,
+                           "low_confidence": bool(overlay.low_confidence)}
+    if overlay.confidence is not None:
+        out["confidence"] = round(float(overlay.confidence), 5)
+    if overlay.entropy is not None:
+        out["entropy"] = round(float(overlay.entropy), 5)
+    if overlay.label is not None:
+        out["label"] = int(overlay.label)
+    if overlay.probabilities is not None:
+        out["probabilities"] = [round(float(p), 6) for p in overlay.probabilities]
+    if overlay.top_k:
+        out["top_k"] = [[int(i), round(float(p), 6)] for i, p in overlay.top_k]
+    if overlay.boxes is not None:
+        out["boxes"] = [[round(float(b[0]), 2), round(float(b[1]), 2), round(float(b[2]), 2), round(float(b[3]), 2),
+                         int(b[4]), round(float(b[5]), 5)] for b in overlay.boxes]
+    if overlay.points is not None:
+        out["points"] = [[round(float(p[0]), 2), round(float(p[1]), 2), int(p[2]), round(float(p[3]), 5)]
+                         for p in overlay.points]
+    if overlay.heatmap is not None:
+        import base64
+
+        import cv2
+
+        hm = overlay.heatmap
+        ok, png = cv2.imencode(".png", np.ascontiguousarray(hm.data, np.uint8))
+        if ok:
+            out["heatmap"] = {"png": base64.b64encode(png.tobytes()).decode("ascii"), "shape": list(hm.data.shape),
+                              "roi": [int(v) for v in hm.roi], "class_id": int(hm.class_id), "kind": hm.kind}
+    return out
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _unit(header: dict[str, Any], name: str) -> float | None:
+    value = header.get(name)
+    if value is None:
+        return None
+    if not _is_number(value) or not 0.0 <= value <= 1.0:
+        raise WireError("bad_field", f"field {name!r} must be a number in [0, 1]")
+    return float(value)
+
+
+def _rows(header: dict[str, Any], name: str, width: int, limit: int, class_col: int, n_classes: int,
+          frame_size: tuple[int, int]) -> np.ndarray | None:
+    rows = header.get(name)
+    if rows is None:
+        return None
+    fh, fw = frame_size
+    if not isinstance(rows, list) or len(rows) > limit:
+        raise WireError("bad_field", f"field {name!r} must be a list of at most {limit} rows")
+    for r in rows:
+        if not (isinstance(r, list) and len(r) == width and all(_is_number(v) for v in r)
+                and _is_int(r[class_col]) and 0 <= r[class_col] < n_classes and 0.0 <= r[-1] <= 1.0
+                and all(-1.0 <= r[i] <= fw + 1.0 for i in range(0, class_col, 2))
+                and all(-1.0 <= r[i] <= fh + 1.0 for i in range(1, class_col, 2))):
+            raise WireError("bad_field", f"each of {name!r} must be {width} numbers in the frame, a class id of "
+                            f"'classes' and a score in [0, 1]")
+    return np.array(rows, np.float32).reshape(-1, width)
+
+
+def _heatmap(header: dict[str, Any], frame_size: tuple[int, int]):
+    spec = header.get("heatmap")
+    if spec is None:
+        return None
+    import base64
+    import binascii
+
+    import cv2
+
+    from medstream.runtime.frame import Heatmap
+
+    fh, fw = frame_size
+    png, shape, roi = (spec.get(k) for k in ("png", "shape", "roi")) if isinstance(spec, dict) else (None,) * 3
+    if not (isinstance(png, str) and len(png) <= MAX_HEATMAP_PNG_BYTES * 4 // 3 + 4
+            and isinstance(shape, list) and len(shape) == 2 and all(_is_int(v) and 1 <= v <= MAX_HEATMAP_SIDE for v in shape)
+            and isinstance(roi, list) and len(roi) == 4 and all(_is_int(v) for v in roi)
+            and roi[0] >= 0 and roi[1] >= 0 and roi[2] >= 1 and roi[3] >= 1
+            and roi[0] + roi[2] <= fw and roi[1] + roi[3] <= fh
+            and _is_int(spec.get("class_id", -1)) and spec.get("kind", "probability") in ("probability", "activation")):
+        raise WireError("bad_field", f"field 'heatmap' must be {{png, shape [h, w] <= {MAX_HEATMAP_SIDE}, roi inside "
+                        "frame_size, class_id, kind}")
+    try:
+        raw = base64.b64decode(png, validate=True)
+    except (binascii.Error, ValueError):
+        raise WireError("bad_field", "heatmap.png is not base64") from None
+    # The PNG's own size (IHDR) is checked before it is decoded: no image bomb through the header.
+    if len(raw) < 24 or raw[:8] != b"\x89PNG\r\n\x1a\n" or raw[12:16] != b"IHDR" or \
+            [int.from_bytes(raw[20:24], "big"), int.from_bytes(raw[16:20], "big")] != shape:
+        raise WireError("bad_field", "heatmap.png is not a PNG of the stated shape")
+    data = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
+    if data is None or data.dtype != np.uint8 or data.shape != tuple(shape):
+        raise WireError("bad_field", "heatmap.png does not decode to a grey uint8 image of the stated shape")
+    return Heatmap(data=data, roi=tuple(roi), class_id=spec.get("class_id", -1), kind=spec.get("kind", "probability"))
+
+
+def _decode_task_fields(header: dict[str, Any], n_classes: int, frame_size: tuple[int, int]) -> dict[str, Any]:
+    """Schema 1.1 fields, validated (absent in a 1.0 overlay: the defaults of a segmentation overlay)."""
+    task = header.get("task", "segmentation")
+    if task not in TASKS:
+        raise WireError("bad_field", f"field 'task' must be one of {TASKS}")
+    low = header.get("low_confidence", False)
+    if not isinstance(low, bool):
+        raise WireError("bad_field", "field 'low_confidence' must be true or false")
+    label = header.get("label")
+    if label is not None and not (_is_int(label) and 0 <= label < n_classes):
+        raise WireError("bad_field", "field 'label' must be a class id of 'classes'")
+    probs = header.get("probabilities")
+    if probs is not None:
+        if not (isinstance(probs, list) and len(probs) == n_classes and all(_is_number(p) and 0 <= p <= 1 for p in probs)):
+            raise WireError("bad_field", "field 'probabilities' must hold one number in [0, 1] per class")
+        probs = np.array(probs, np.float32)
+    top = header.get("top_k", [])
+    if not (isinstance(top, list) and len(top) <= n_classes and all(
+            isinstance(t, list) and len(t) == 2 and _is_int(t[0]) and 0 <= t[0] < n_classes
+            and _is_number(t[1]) and 0 <= t[1] <= 1 for t in top)):
+        raise WireError("bad_field", "field 'top_k' must be [[class_id, probability], ...]")
+    return {"task": task, "confidence": _unit(header, "confidence"), "entropy": _unit(header, "entropy"),
+            "low_confidence": low, "label": label, "probabilities": probs,
+            "top_k": tuple((int(i), float(p)) for i, p in top),
+            "boxes": _rows(header, "boxes", 6, MAX_BOXES, 4, n_classes, frame_size),
+            "points": _rows(header, "points", 4, MAX_POINTS, 2, n_classes, frame_size),
+            "heatmap": _heatmap(header, frame_size)}
 
 
 # ----------------------------------------------------------------------------------------- status

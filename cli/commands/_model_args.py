@@ -92,7 +92,8 @@ def read_contract_for(model: str | Path, args: argparse.Namespace, what: str):
         if overrides is None:
             raise
         raise ContractError(f"{exc.what} (with --contract {args.contract})",
-                            f"fix those fields in {args.contract} (keys as in docs/MODEL_CONTRACT.md)") from None
+                            f"add or fix those fields in {args.contract} (keys as in docs/MODEL_CONTRACT.md; "
+                            f"'medstream inspect {model} --out FILE.yaml' proposes them all)") from None
     if found is None:
         raise ConfigError(f"model {model} carries no medstream contract, so '{what}' does not know its input, "
                           "outputs and classes",
@@ -101,4 +102,29 @@ def read_contract_for(model: str | Path, args: argparse.Namespace, what: str):
     return found
 
 
-__all__ = ["CONTRACT_HELP", "add_contract_arguments", "contract_overrides", "load_contract_file", "read_contract_for"]
+def model_with_contract(model: Path, args: argparse.Namespace, what: str) -> Path:
+    """``model`` itself (checked to carry a contract), or with ``--contract``, a temporary copy with it embedded.
+
+    For tools that hand the model file to other processes or libraries that read its embedded contract
+    (``bench`` runs ``medstream run`` and the naive loop as subprocesses): the copy is validated and
+    written by :func:`medstream.runtime.models.embed.embed_contract` into a temporary folder removed
+    when this process exits.
+    """
+    read_contract_for(model, args, what)  # the errors worded for --contract, before anything runs or is written
+    if getattr(args, "contract", None) is None:
+        return model
+    import atexit
+    import shutil
+    import tempfile
+
+    from medstream.runtime.models.embed import embed_contract
+
+    folder = Path(tempfile.mkdtemp(prefix=f"medstream-{what}-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    copy = folder / f"{model.stem}.contract.onnx"
+    embed_contract(model, contract_overrides(args) or {}, copy)
+    return copy
+
+
+__all__ = ["CONTRACT_HELP", "add_contract_arguments", "contract_overrides", "load_contract_file", "model_with_contract",
+           "read_contract_for"]

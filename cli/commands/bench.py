@@ -12,13 +12,16 @@ import shlex
 import sys
 from pathlib import Path
 
+from medstream.cli.commands._model_args import add_contract_arguments, model_with_contract
+
 HELP = "benchmark latency (floor, pipeline, glass-to-glass, overload, naive loop, streams)"
 RESULTS_MD_COMMAND = "medstream bench --results-md"
 
 
 def add_arguments(p) -> None:
     p.add_argument("scenarios", nargs="*", metavar="SCENARIO",
-                   help="floor transport pipeline glass overload naive streams (default: all)")
+                   help="floor transport pipeline glass overload naive streams (default: these), igtl (OpenIGTLink "
+                        "vs ZeroMQ glass to glass at 256x256 and 1024x768: by name only)")
     p.add_argument("--model", default=None, help="ultrasound, fluoroscopy or a path to an ONNX file with a medstream contract")
     p.add_argument("--duration", type=float, default=15.0, help="seconds per scenario (default 15)")
     p.add_argument("--rate", type=float, default=None,
@@ -26,8 +29,15 @@ def add_arguments(p) -> None:
     p.add_argument("--overload-rate", type=float, default=None, help="source fps for overload (default 2 x capacity)")
     p.add_argument("--streams", type=int, default=2, help="concurrent streams in the 'streams' scenario")
     p.add_argument("--threads", type=int, default=None,
-                   help="ONNX Runtime intra-op threads for the floor, medstream run and the naive loop "
+                   help="inference threads for the floor, medstream run and the naive loop "
                         "(default: every usable core, as medstream run uses)")
+    p.add_argument("--backend", default="onnxruntime",
+                   choices=["onnxruntime", "openvino", "onnxruntime-cuda", "tensorrt", "auto"],
+                   help="the backend every scenario runs (floor, pipeline, glass, overload, streams; the naive loop "
+                        "too for onnxruntime and openvino); default onnxruntime. Results go to "
+                        "benchmarks/results/<model>-<backend> unless it is onnxruntime")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
+                   help="OpenVINO precision (docs/CPU.md); default auto")
     p.add_argument("--rounds", type=int, default=3,
                    help="run the whole list this many times, each round floor first, and pool each scenario: on a "
                         "machine whose speed drifts, floor and the others must share the same minutes (default 3)")
@@ -36,6 +46,7 @@ def add_arguments(p) -> None:
     p.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"), help="print ratios B/A of two reports and exit")
     p.add_argument("--results-md", action="store_true",
                    help="run for both reference models (or --model) and regenerate benchmarks/RESULTS.md")
+    add_contract_arguments(p)  # a model without a contract: benchmarked from a temporary copy with it embedded
 
 
 def main(args) -> int:
@@ -47,10 +58,16 @@ def main(args) -> int:
         print(format_ratios(*args.compare))
         return 0
     from medstream.benchmarks import report as rep
-    from medstream.benchmarks.scenarios import SCENARIOS, Settings, default_threads, run_scenarios
+    from medstream.benchmarks.scenarios import (
+        DEFAULT_SCENARIOS,
+        SCENARIOS,
+        Settings,
+        default_threads,
+        run_scenarios,
+    )
     from medstream.runtime.models.loader import resolve_model_file
 
-    names = args.scenarios or list(SCENARIOS)
+    names = args.scenarios or list(DEFAULT_SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise ConfigError(f"unknown scenario(s) {unknown}", f"choose from: {' '.join(SCENARIOS)}")
@@ -65,13 +82,17 @@ def main(args) -> int:
     threads = args.threads or default_threads()
     written = []
     for model in models:
-        path = resolve_model_file(model)
-        out = Path(args.out) / (Path(model).stem if len(models) > 1 else "") if args.out else results_root / Path(model).stem
+        path = model_with_contract(resolve_model_file(model), args, "bench")
+        tag = "" if args.backend == "onnxruntime" else f"-{args.backend}" + (
+            f"-{args.precision}" if args.precision != "auto" else "")
+        out = (Path(args.out) / (Path(model).stem if len(models) > 1 else "") if args.out
+               else results_root / (Path(model).stem + tag))
         s = Settings(model=model, model_path=path, out_dir=out, duration_s=args.duration, rate=args.rate,
                      overload_rate=args.overload_rate, streams=args.streams, threads=threads, warmup_s=args.warmup,
-                     rounds=args.rounds)
+                     rounds=args.rounds, backend=args.backend, precision=args.precision)
         results = run_scenarios(s, names)
         settings = {"scenarios": names, "duration_s": s.duration_s, "warmup_s": s.warmup_s, "threads": threads,
+                    "backend": s.backend, "precision": s.precision,
                     "threads_choice": "given" if args.threads else "default: every usable core", "rounds": s.rounds,
                     "rate": args.rate, "overload_rate": args.overload_rate, "streams": s.streams,
                     "glass_fraction": s.glass_fraction, "overload_factor": s.overload_factor, "max_rate": s.max_rate}
@@ -83,6 +104,10 @@ def main(args) -> int:
     if args.results_md:
         md_path = results_root.parent / "RESULTS.md"
         md = rep.results_markdown([(r, f"{_rel(o, md_path.parent)}/") for r, o in written], RESULTS_MD_COMMAND)
+        from medstream.benchmarks.backend_table import keep_section
+
+        # the CPU backend table (python -m medstream.benchmarks.backend_table --results-md) is kept as it was
+        md = keep_section(md_path.read_text(encoding="utf-8") if md_path.is_file() else "", md)
         md_path.write_text(md)
         print(f"wrote {md_path}")
     return 0

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-HELP = "show GPU/driver/CUDA/TensorRT/ONNX Runtime facts and which backend 'auto' picks"
+HELP = "show GPU/driver/CUDA/TensorRT/ONNX Runtime/OpenVINO facts and which backend 'auto' picks"
 
 
 def add_arguments(p) -> None:
@@ -41,6 +41,8 @@ def auto_backend() -> dict[str, str]:
         ok, ort_why = cuda_ep_available()
         path = "GPU (CUDA execution provider, IO binding, CUDA graphs)" if ok else "CPU"
         return {"backend": name, "runs_on": path, "reason": f"{why}; onnxruntime: {ort_why}"}
+    if name == "openvino":
+        return {"backend": name, "runs_on": "CPU (OpenVINO)", "reason": why}
     return {"backend": name, "runs_on": "GPU", "reason": why}
 
 
@@ -54,6 +56,9 @@ def machine_report(root: str | Path = "/") -> dict[str, Any]:
     report["onnxruntime"].update({"cuda_path": ok, "cuda_path_reason": why,
                                   "tensorrt_libs": report["tensorrt"]["libs_present"]})
     report["auto"] = auto_backend()
+    from medstream.runtime.backends.openvino_backend import openvino_facts
+
+    report["openvino"] = openvino_facts()
     return report
 
 
@@ -84,6 +89,11 @@ def format_report(r: dict[str, Any]) -> str:
                  + (f", DLA cores {t['dla_cores']}" if t.get("dla_cores") is not None else ""))
     o = r["onnxruntime"]
     lines.append(f"ONNX RT     {o.get('version') or 'not installed'}, providers: {', '.join(o.get('providers', []))}")
+    ov = r.get("openvino") or {}
+    if ov.get("version"):
+        lines.append(f"OpenVINO    {ov['version'].split('-')[0]}, devices: {', '.join(ov['devices'])}; {ov['accelerators']}")
+    else:
+        lines.append(f"OpenVINO    {ov.get('note') or 'not installed'}")
     lines.append(f"CuPy        {r['cupy'] or 'not installed (GPU pre/postprocessing off)'}")
     j = r["jetson"]
     if j:

@@ -23,7 +23,7 @@ def add_arguments(p) -> None:
     p.add_argument("--source", help="source URI, e.g. synthetic://ultrasound?fps=30, zmq+tcp://127.0.0.1:5555, file://clip.mp4")
     p.add_argument("--source-id", help="stream name carried in every message")
     p.add_argument("--model", help="bundled model name (ultrasound, fluoroscopy) or path to an ONNX file")
-    p.add_argument("--backend", choices=["auto", "onnxruntime", "onnxruntime-cuda", "tensorrt", "openvino"])
+    p.add_argument("--backend", choices=["auto", "onnxruntime", "onnxruntime-cuda", "tensorrt", "openvino", "triton"])
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"],
                    help="OpenVINO: int8 (the calibrated M.int8.onnx), bf16 (CPUs with AMX/AVX512-BF16), fp32; "
                         "auto: INT8 file as int8, FP32 file in bf16 where the CPU has it (docs/CPU.md)")
@@ -38,6 +38,19 @@ def add_arguments(p) -> None:
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (loopback; off by default)")
     p.add_argument("--engine-cache", help="TensorRT engine cache directory")
     p.add_argument("--no-build", action="store_true", default=None, help="TensorRT: refuse to build a missing engine")
+    tri = p.add_argument_group("remote inference on Triton Inference Server (--backend triton; docs/TRITON.md); "
+                               "--model gives the local ONNX for the contract, or 'triton' to read it from the server")
+    tri.add_argument("--triton-url", help="the server: grpc://HOST:8001 or http://HOST:8000 (grpcs://, https://: TLS)")
+    tri.add_argument("--triton-model", help="model name in the server's repository (default: the contract's model_id)")
+    tri.add_argument("--triton-version", help="model version (default: the server's policy, normally the latest)")
+    tri.add_argument("--triton-timeout-ms", type=float, help="deadline of one request (default 2 x --max-age-ms, else 1000)")
+    tri.add_argument("--triton-shm", dest="triton_shared_memory", choices=["auto", "system", "off"],
+                     help="tensors through system shared memory (auto: when the server is on loopback)")
+    tri.add_argument("--triton-tls-ca", help="CA certificate (PEM) of the server's TLS certificate")
+    tri.add_argument("--triton-tls-cert", help="client certificate (PEM), for mutual TLS")
+    tri.add_argument("--triton-tls-key", help="the client certificate's key (PEM)")
+    tri.add_argument("--triton-auth-header", help="name of the header the server requires, e.g. triton-access-token")
+    tri.add_argument("--triton-auth-token-file", help="file holding that header's value (kept out of logs)")
     sec = p.add_argument_group("transport security (docs/SECURITY.md); any --curve-* option turns CURVE on")
     sec.add_argument("--curve", action="store_true", default=None, help="encrypt and authenticate every socket (ZeroMQ CURVE)")
     sec.add_argument("--curve-secret", help="the publisher's key pair (NAME.key_secret from medstream keys generate)")
@@ -100,7 +113,9 @@ def main(args) -> int:
 
     overrides = {k: getattr(args, k) for k in (
         "source", "source_id", "model", "backend", "precision", "publish", "threads", "max_frames", "duration", "summary",
-        "max_age_ms", "render_rgba", "metrics_port", "engine_cache", "no_build")}
+        "max_age_ms", "render_rgba", "metrics_port", "engine_cache", "no_build", "triton_url", "triton_model",
+        "triton_version", "triton_timeout_ms", "triton_shared_memory", "triton_tls_ca", "triton_tls_cert",
+        "triton_tls_key", "triton_auth_header", "triton_auth_token_file")}
     if sec := _security_overrides(args):
         overrides["security"] = sec
     cfg = load_config(args.config, overrides)

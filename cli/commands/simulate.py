@@ -52,7 +52,12 @@ def add_arguments(p) -> None:
 
 def main(args) -> int:
     from medstream.runtime.errors import ConfigError
-    from medstream.runtime.frame_publisher import DEFAULT_SPACING_MM, open_frame_publisher, phantom_geometry, publish_source
+    from medstream.runtime.frame_publisher import (
+        DEFAULT_SPACING_MM,
+        open_frame_publisher,
+        phantom_geometry,
+        publish_source,
+    )
     from medstream.runtime.security import CurveServer
     from medstream.runtime.sources import open_source
 

@@ -24,6 +24,7 @@ PURPOSE: dict[str, str] = {
     "pyzmq": "ZeroMQ transport (frames in, overlays and status out), CURVE encryption",
     "onnx": "reading/writing model files and their embedded contract",
     "onnxruntime": "CPU inference engine",
+    "openvino": "CPU inference engine on Intel x86-64: bf16 and INT8 (openvino extra; auto picks it when installed)",
     "opencv-python-headless": "image resize/colour conversion, contours, video and capture-card input",
     "pydantic": "validated run configuration",
     "pyyaml": "YAML config files",
@@ -44,6 +45,7 @@ PURPOSE: dict[str, str] = {
     "starlette": "web view: HTTP routes and WebSockets (web extra)",
     "uvicorn": "web view: the ASGI server, TLS (web extra)",
     "websockets": "web view: WebSocket protocol for uvicorn (web extra)",
+    "pyigtl": "OpenIGTLink messages for igtl:// in and out, PLUS and 3D Slicer (igtl extra)",
     "selenium": "browser test of the web view (dev extra, not shipped)",
 }
 #: Licences declared upstream, used when a package is not installed here.

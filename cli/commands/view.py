@@ -9,6 +9,11 @@ them on their own frames with their age, the pipeline's health and a stale banne
 A window needs a display and an OpenCV built with GUI support; the default install uses
 opencv-python-headless (no GUI), so on servers and in CI use ``--save out.mp4`` or ``--save DIR/``.
 With ``--frames-from ENDPOINT`` the overlays are drawn on the matching source frames (by ``seq``).
+
+``--connect igtl://127.0.0.1:18945`` reads the label maps of a ``medstream run --publish igtl://...`` sink over
+OpenIGTLink instead (as 3D Slicer would; ``?device=NAME`` if the sink's device is not ``Prediction``), and
+``--frames-from igtl://HOST:PORT?device=Image_Reference`` takes the frames from the PLUS-like server, matched
+to the label maps by timestamp (docs/IGTLINK.md).
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ from pathlib import Path
 
 from medstream.cli.commands._curve import add_client_curve_arguments, client_curve_from_args
 
-HELP = "show or save overlays received over ZeroMQ"
+HELP = "show or save overlays received over ZeroMQ or OpenIGTLink"
 log = logging.getLogger("medstream.view")
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--connect", default="tcp://127.0.0.1:5556", help="overlay publisher endpoint (default tcp://127.0.0.1:5556)")
+    p.add_argument("--connect", default="tcp://127.0.0.1:5556",
+                   help="overlay publisher endpoint (default tcp://127.0.0.1:5556); igtl://HOST:PORT reads label maps "
+                        "from an OpenIGTLink sink")
     p.add_argument("--frames-from", default=None, help="frame publisher endpoint, to draw overlays on the frames")
     p.add_argument("--save", default=None, help="write rendered overlays to a video (.mp4/.avi) or a folder of PNGs (ends with /)")
     p.add_argument("--count", type=int, default=None, help="stop after N overlays")
@@ -50,6 +57,8 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
+    if args.connect.startswith("igtl://"):
+        return main_igtl(args)
     if getattr(args, "web", None):
         return main_web(args)
     import cv2
@@ -80,7 +89,7 @@ def main(args) -> int:
     if args.save and (args.save.endswith("/") or Path(args.save).is_dir()):
         save_dir = Path(args.save)
         save_dir.mkdir(parents=True, exist_ok=True)
-    shown, last = 0, time.monotonic()
+    shown, low, last = 0, 0, time.monotonic()
     try:
         while args.count is None or shown < args.count:
             if frames_source is not None:
@@ -111,8 +120,10 @@ def main(args) -> int:
             age_ms = (now_ns() - overlay.t_capture_ns) / 1e6
             if frames_source is not None and overlay.seq not in frames:
                 _take_frames(frames_source, frames, SourceError, WireError)
+            # boxes, labels, heatmaps, points and the LOW CONFIDENCE banner are drawn by runtime/render.py
             image = draw_overlay(frames.pop(overlay.seq, None), overlay, latency_ms=age_ms)
             shown += 1
+            low += bool(overlay.low_confidence)
             if save_dir is not None:
                 cv2.imwrite(str(save_dir / f"{overlay.seq:08d}.png"), image)
             elif args.save:
@@ -132,7 +143,88 @@ def main(args) -> int:
         sub.close()
         if frames_source is not None:
             frames_source.close()
-    print(f"received {shown} overlays" + (f", saved to {args.save}" if args.save else ""))
+    print(f"received {shown} overlays" + (f" ({low} flagged low confidence)" if low else "")
+          + (f", saved to {args.save}" if args.save else ""))
+    return 0
+
+
+def main_igtl(args) -> int:
+    """``--connect igtl://``: label maps from an OpenIGTLink sink, drawn like ZeroMQ overlays."""
+    import cv2
+
+    from medstream.runtime.errors import ConfigError, SourceError
+    from medstream.runtime.frame import now_ns
+    from medstream.runtime.igtl.receiver import OverlayReceiver
+    from medstream.runtime.igtl.server import split_host_port
+    from medstream.runtime.render import draw_overlay
+    from medstream.runtime.sources import open_source
+    from medstream.runtime.wire import WireError
+
+    if getattr(args, "web", None):
+        raise ConfigError("--web reads ZeroMQ overlays only", "use --connect tcp://... with --web, or --save with igtl://")
+    if args.save is None and not _has_gui(cv2):
+        raise ConfigError("no display window is possible here (no DISPLAY, or OpenCV built without GUI)",
+                          "use --save out.mp4 or --save frames/ to write rendered overlays instead")
+    from urllib.parse import parse_qsl, urlsplit
+
+    host, port = split_host_port(args.connect, default_port=18945)
+    device = dict(parse_qsl(urlsplit(args.connect).query)).get("device", "Prediction")
+    frames_source = None
+    if args.frames_from:
+        uri = args.frames_from if args.frames_from.startswith(("igtl://", "zmq+")) else f"zmq+{args.frames_from}"
+        frames_source = open_source(uri)
+        frames_source.open()
+    frames: dict[int, object] = {}  # by capture time: OpenIGTLink carries no seq, the timestamp is shared
+    writer, save_dir = None, None
+    if args.save and (args.save.endswith("/") or Path(args.save).is_dir()):
+        save_dir = Path(args.save)
+        save_dir.mkdir(parents=True, exist_ok=True)
+    shown, last = 0, time.monotonic()
+    receiver = OverlayReceiver(host, port, device=device)
+    try:
+        while args.count is None or shown < args.count:
+            if frames_source is not None:
+                _take_frames(frames_source, frames, SourceError, WireError, key="t_capture_ns")
+            try:
+                overlay = receiver.read(0.02 if frames_source is not None else 0.2)
+            except SourceError as exc:
+                log.info("%s after %d overlays", exc.what, shown)
+                break
+            if overlay is None:
+                if time.monotonic() - last > args.timeout:
+                    if shown == 0:
+                        log.error("no label map from %s for %.0f s; is 'medstream run --publish %s' running?",
+                                  args.connect, args.timeout, args.connect)
+                        return 1
+                    log.info("no label map for %.0f s after %d: the stream has ended", args.timeout, shown)
+                    break
+                continue
+            last = time.monotonic()
+            if frames_source is not None and overlay.t_capture_ns not in frames:
+                _take_frames(frames_source, frames, SourceError, WireError, key="t_capture_ns")
+            image = draw_overlay(frames.pop(overlay.t_capture_ns, None), overlay,
+                                 latency_ms=(now_ns() - overlay.t_capture_ns) / 1e6)
+            shown += 1
+            if save_dir is not None:
+                cv2.imwrite(str(save_dir / f"{shown:08d}.png"), image)
+            elif args.save:
+                if writer is None:
+                    fourcc = cv2.VideoWriter_fourcc(*("mp4v" if args.save.endswith(".mp4") else "MJPG"))
+                    writer = cv2.VideoWriter(args.save, fourcc, args.fps, (image.shape[1], image.shape[0]))
+                    if not writer.isOpened():
+                        raise ConfigError(f"cannot write video {args.save}", "use a .avi/.mp4 path in a writable folder, or a folder/")
+                writer.write(image)
+            else:
+                cv2.imshow("medstream", image)
+                if cv2.waitKey(1) & 0xFF in (27, ord("q")):
+                    break
+    finally:
+        receiver.close()
+        if writer is not None:
+            writer.release()
+        if frames_source is not None:
+            frames_source.close()
+    print(f"received {shown} label maps over OpenIGTLink" + (f", saved to {args.save}" if args.save else ""))
     return 0
 
 
@@ -148,8 +240,8 @@ def _open_frames(endpoint: str | None):
     return source
 
 
-def _take_frames(source, frames: dict[int, object], source_error: type, wire_error: type) -> None:
-    """Keep the newest 64 frames by seq, reading whatever has arrived (never waits)."""
+def _take_frames(source, frames: dict[int, object], source_error: type, wire_error: type, key: str = "seq") -> None:
+    """Keep the newest 64 frames by ``key`` (seq; capture time for OpenIGTLink), reading what has arrived (never waits)."""
     for _ in range(64):
         try:
             frame = source.read(timeout=0)
@@ -160,7 +252,7 @@ def _take_frames(source, frames: dict[int, object], source_error: type, wire_err
             return
         if frame is None:
             return
-        frames[frame.seq] = frame.image.copy()
+        frames[getattr(frame, key)] = frame.image.copy()
         while len(frames) > 64:
             frames.pop(next(iter(frames)))
 

@@ -7,7 +7,8 @@ once and :func:`load_backend` constructs the runner for what the loader returned
 
 Backend names: ``auto``; ``onnxruntime`` (ONNX Runtime: the CUDA path when onnxruntime-gpu sees a CUDA
 device, else the CPU); ``onnxruntime-cuda`` (the CUDA path, explicitly); ``tensorrt``; ``openvino`` (OpenVINO on the CPU: ``auto``
-picks it on an x86-64 machine without a usable NVIDIA GPU when the ``[openvino]`` extra is installed). A chosen
+picks it on an x86-64 machine without a usable NVIDIA GPU when the ``[openvino]`` extra is installed); ``triton``
+(a remote Triton Inference Server, only when asked for: ``--triton-url``). A chosen
 backend is always concrete: ``onnxruntime`` then means the CPU.
 """
 
@@ -21,7 +22,7 @@ from medstream.runtime.errors import ConfigError
 if TYPE_CHECKING:
     from medstream.runtime.models.loader import LoadedModel
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "onnxruntime-cuda", "openvino")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "onnxruntime-cuda", "openvino", "triton")
 
 
 def choose_backend(requested: str) -> tuple[str, str]:
@@ -71,6 +72,12 @@ def load_backend(model: LoadedModel, **options: Any) -> Backend:
         from medstream.runtime.backends.openvino_backend import OpenVinoBackend
 
         return OpenVinoBackend(path, contract, **options)
+    if model.backend == "triton":  # remote (never chosen by auto): the loader decided contract and server
+        from medstream.runtime.backends.triton_backend import TritonBackend
+
+        local = model.run_path.is_file()
+        return TritonBackend(path, contract, target=model.remote, model_sha256=model.sha256() if local else None,
+                             **options)
     raise ConfigError(f"unknown backend {model.backend!r}", f"use one of: {', '.join(BACKENDS)}")
 
 

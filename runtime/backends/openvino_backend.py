@@ -225,6 +225,7 @@ class OpenVinoBackend(Backend):
         self._request = None
         self._outputs: list[tuple[Any, str]] = []
         self.available_devices: list[str] = []
+        self.inference_hint: str | None = None
 
     # ---- loading
     def _fit_shapes(self) -> None:
@@ -266,6 +267,7 @@ class OpenVinoBackend(Backend):
             raise ModelLoadError(f"OpenVINO cannot compile {self.model_path}: {str(exc).splitlines()[0][:300]}",
                                  "try --backend onnxruntime, or --precision fp32; report the model if it persists") from None
         self._request = self._compiled.create_infer_request()
+        self.inference_hint = self._compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
         self._outputs = [(port, _name(port)) for port in self._compiled.outputs]
         log.info("OpenVINO %s on the CPU: %s precision (%s), %d threads, cache %s; %s", self._ov.__version__.split("-")[0],
                  self.precision, self.precision_reason, self.threads, self._cache or "off",
@@ -293,8 +295,8 @@ class OpenVinoBackend(Backend):
                      "openvino": self._ov.__version__.split("-")[0], "threads": self.threads,
                      "cache_dir": str(self._cache) if self._cache else None,
                      "available_devices": self.available_devices})
-        if self._compiled is not None:
-            info["inference_precision_hint"] = self._compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        if self.inference_hint is not None:  # what the compiled model reported (after activate)
+            info["inference_precision_hint"] = self.inference_hint
         return info
 
 

@@ -51,25 +51,37 @@ class DetectionDecoder(Decoder):
         self.labels_out = contract.output_of_kind("labels")
 
     # ---- candidates per kind: (boxes xyxy in model pixels (A, 4), scores (A,), class ids (A,))
-    def _raw_head(self, outputs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _raw_head(self, outputs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """Candidates above the score threshold and the best score of all anchors.
+
+        The best class score of every anchor is one max-reduction over the class axis (sigmoid and the
+        objectness product are monotonic, so they are applied to that maximum only); argmax and box
+        gathering run on the few anchors above the threshold: 1.1 ms for a ``[1, 84, 8400]`` head here
+        (``benchmarks/decoder_cost.py``) instead of ~10 ms for the whole (A, C) score matrix.
+        """
         arr = host(first(outputs[self.output.name]))
-        if self.output.layout == "NCA":
-            arr = arr.T
+        nca = self.output.layout == "NCA"
         extra = 4 if self.kind == "yolov8" else 5
-        if arr.ndim != 2 or arr.shape[1] != extra + self.n_classes:
+        per = arr.shape[0] if nca else arr.shape[-1]
+        if arr.ndim != 2 or per != extra + self.n_classes:
             raise DecodeError(f"output {self.output.name!r} has {arr.shape} per image, a {self.kind} head with "
                               f"{self.n_classes} classes needs {extra + self.n_classes} values per anchor")
-        cls = arr[:, extra:]
-        if self.output.activation == "sigmoid":
-            cls = sigmoid(cls)
+        cls = arr[extra:] if nca else arr[:, extra:]
+        axis = 0 if nca else 1
+        best = cls.max(axis=axis).astype(np.float64)
+        sig = self.output.activation == "sigmoid"
+        if sig:
+            best = sigmoid(best)
         if self.kind == "yolov5":
-            obj = arr[:, 4:5]
-            cls = cls * (sigmoid(obj) if self.output.activation == "sigmoid" else obj)
-        ids = cls.argmax(axis=1)
-        scores = cls[np.arange(cls.shape[0]), ids]
-        return arr[:, :4], scores.astype(np.float64), ids
+            obj = (arr[4] if nca else arr[:, 4]).astype(np.float64)
+            best = best * (sigmoid(obj) if sig else obj)
+        best_candidate = float(best.max()) if best.size else 0.0
+        keep = np.flatnonzero(best > self.spec.score_threshold)
+        ids = (cls[:, keep].argmax(axis=0) if nca else cls[keep].argmax(axis=1)) if keep.size else np.zeros(0, np.intp)
+        boxes = (arr[:4, keep].T if nca else arr[keep, :4]).astype(np.float64)
+        return boxes, best[keep], ids, best_candidate
 
-    def _end_to_end(self, outputs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _end_to_end(self, outputs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         boxes = host(first(outputs[self.output.name])).reshape(-1, 4)
         assert self.scores_out is not None  # the contract requires one
         scores = host(first(outputs[self.scores_out.name])).astype(np.float64)
@@ -89,15 +101,14 @@ class DetectionDecoder(Decoder):
         if not boxes.shape[0] == scores.shape[0] == ids.shape[0]:
             raise DecodeError(f"end-to-end outputs disagree: {boxes.shape[0]} boxes, {scores.shape[0]} scores, "
                               f"{ids.shape[0]} labels")
-        return boxes, scores, ids
+        best_candidate = float(scores.max()) if scores.size else 0.0
+        keep = np.flatnonzero(scores > self.spec.score_threshold)
+        return boxes[keep].astype(np.float64), scores[keep], ids[keep], best_candidate
 
     def decode(self, outputs: dict[str, Any], frame_size: tuple[int, int],
                roi: tuple[int, int, int, int] | None) -> Decoded:
         e2e = self.kind == "boxes"
-        boxes, scores, ids = self._end_to_end(outputs) if e2e else self._raw_head(outputs)
-        best_candidate = float(scores.max()) if scores.size else 0.0
-        keep = np.flatnonzero(scores > self.spec.score_threshold)
-        boxes, scores, ids = boxes[keep].astype(np.float64), scores[keep], ids[keep]
+        boxes, scores, ids, best_candidate = self._end_to_end(outputs) if e2e else self._raw_head(outputs)
         if self.spec.box_normalized:
             h, w = self.contract.input.height, self.contract.input.width
             boxes = boxes * (w, h, w, h)

@@ -116,7 +116,7 @@ class _Client:
                 if not self._discard_incoming():
                     reason = "disconnected"
                     return
-        except socket.timeout:
+        except TimeoutError:
             reason = f"accepted nothing for {self.server.send_timeout_s:g} s"
             self.server.stalled_disconnects += 1
         except OSError as exc:
@@ -247,7 +247,7 @@ class IgtlServer:
         while not self._stop.is_set():
             try:
                 sock, addr = self._listener.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 if self._stop.is_set():

@@ -78,7 +78,7 @@ class MessageReader:
             n = sock.recv_into(view)
         except (BlockingIOError, InterruptedError):
             return None
-        except socket.timeout:
+        except TimeoutError:
             return None
         if n == 0:
             raise PeerClosed()

@@ -3,7 +3,8 @@
 A model exported elsewhere carries no contract; :func:`embed_contract` validates one (the file's fields
 merged over any contract the model already carries, through
 :func:`medstream.runtime.models.loader.read_model_contract`, exactly as a run would resolve them), checks
-that the tensor names it gives are the graph's, and writes a copy of the model with the contract in its
+it against the graph as a run does at load (:func:`medstream.runtime.decoders.validate.check_model_io`:
+tensor names, ranks, layouts, channel counts against the task and classes), and writes a copy of the model with the contract in its
 ``metadata_props`` (:func:`medstream.runtime.contract.write_contract`) atomically: a crash leaves either
 the old file or the complete new one. The graph and weights are copied byte for byte; only the metadata
 changes. Overwriting the input needs ``in_place=True``.
@@ -15,24 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medstream.runtime.contract import ModelContract, write_contract
-from medstream.runtime.errors import ConfigError, ContractError, ModelLoadError
-
-
-def check_tensor_names(contract: ModelContract, proto: Any, model: Path) -> None:
-    """Refuse a contract whose ``input.name`` or ``outputs[].name`` the graph does not have, naming the field."""
-    graph = proto.graph
-    initializers = {i.name for i in graph.initializer}
-    inputs = [v.name for v in graph.input if v.name not in initializers]
-    outputs = [v.name for v in graph.output]
-    if contract.input.name not in inputs:
-        raise ContractError(f"the contract's input.name {contract.input.name!r} is not an input of {model} "
-                            f"(inputs: {', '.join(inputs) or 'none'})",
-                            "set input.name to the graph's image input ('medstream inspect MODEL' lists them)")
-    for i, out in enumerate(contract.outputs):
-        if out.name not in outputs:
-            raise ContractError(f"the contract's outputs[{i}].name {out.name!r} is not an output of {model} "
-                                f"(outputs: {', '.join(outputs) or 'none'})",
-                                "set it to one of the graph's outputs ('medstream inspect MODEL' lists them)")
+from medstream.runtime.errors import ConfigError, ModelLoadError
 
 
 def embed_contract(model: str | Path, overrides: dict[str, Any], out: str | Path, *,
@@ -44,12 +28,15 @@ def embed_contract(model: str | Path, overrides: dict[str, Any], out: str | Path
     ConfigError
         ``out`` is the input without ``in_place``, or exists without ``overwrite``.
     ContractError
-        The contract is incomplete or invalid, or names tensors the graph does not have.
+        The contract is incomplete or invalid, or does not fit the graph (names, ranks, layouts, channel
+        counts against the task and classes: :func:`medstream.runtime.decoders.validate.check_model_io`,
+        the check every run makes at load).
     ModelLoadError
         The model is missing, empty or not ONNX.
     """
     import onnx
 
+    from medstream.runtime.decoders.validate import check_model_io, model_io_from_onnx
     from medstream.runtime.files import write_bytes_atomic
     from medstream.runtime.models.loader import read_model_contract
 
@@ -67,10 +54,10 @@ def embed_contract(model: str | Path, overrides: dict[str, Any], out: str | Path
     contract = read_model_contract(src, overrides)  # validates, exactly as a run resolves it
     assert contract is not None  # required=True
     proto = onnx.load(str(src))
-    check_tensor_names(contract, proto, src)
+    check_model_io(contract, model_io_from_onnx(src))  # what the loader would refuse is refused now, not at run
     write_contract(proto, contract)
     write_bytes_atomic(dst, proto.SerializeToString(), durable=True)
     return contract
 
 
-__all__ = ["check_tensor_names", "embed_contract"]
+__all__ = ["embed_contract"]

@@ -14,8 +14,9 @@ normalisation, colour order, thresholds) is filled with the common choice. Every
 rather than a fact read from the file carries a ``# GUESS: ...`` comment saying what it rests on, so a user
 confirms or corrects each before the model runs on a patient.
 
-The proposal is checked with the contract's own validation (:func:`medstream.runtime.contract.resolve_contract`)
-before it is shown: a proposal that medstream itself would refuse is reported as a problem, never written.
+The proposal is checked as a run checks a contract at load (:func:`medstream.runtime.contract.resolve_contract`
+for the schema, :func:`medstream.runtime.decoders.validate.check_model_io` against the graph) before it is
+shown: a proposal that medstream itself would refuse is reported as a problem, never written.
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ def inspect_model(path: str | Path) -> ModelReport:
     """
     import onnx
 
+    from medstream.runtime.decoders.validate import check_model_io, model_io_from_onnx
     from medstream.runtime.models.loader import check_model_file, read_model_contract
 
     file = Path(path)
@@ -176,7 +178,8 @@ def inspect_model(path: str | Path) -> ModelReport:
         activations=activations, contract=contract, contract_error=contract_error, proposal=None, proposal_error=None)
     try:
         report.proposal = propose_contract(report)
-        resolve_contract(None, report.proposal.data, str(file))  # medstream's own validation, as a user's run
+        # medstream's own validation, as a run makes it: the schema, then the contract against the graph
+        check_model_io(resolve_contract(None, report.proposal.data, str(file)), model_io_from_onnx(proto))
     except MedstreamError as exc:
         report.proposal, report.proposal_error = None, str(exc)
     return report
@@ -493,7 +496,7 @@ def _end_to_end(p: Proposal, outs: list[TensorInfo], boxes: TensorInfo) -> tuple
                              "scores ([N, B] or [N, B, C])", "check the export (an end-to-end detector has boxes and scores)")
     p.task_reason = (f"{boxes.name} is {boxes.shape_text()} (a box per detection) beside per-detection scores: an "
                      "end-to-end detector with NMS in the graph")
-    for i, s in enumerate(specs):
+    for i in range(len(specs)):
         p.guess(("outputs", i, "kind"), "from its shape and name next to the boxes output")
     p.data["decode"] = {"score_threshold": 0.25, "box_format": "xyxy"}
     p.guess(("decode", "box_format"), "end-to-end exports usually give x0, y0, x1, y1 in input pixels "

@@ -41,6 +41,7 @@ log = logging.getLogger("medstream.models")
 
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 ONNX_SUFFIXES = (".onnx",)
+REPOSITORY_VARIANT = "triton repository"
 
 
 @dataclass(frozen=True)
@@ -72,13 +73,20 @@ class LoadedModel:
     contract: ModelContract
     backend: str
     backend_reason: str
+    remote: Any = None
+    """Backend ``triton``: the server (a :class:`~medstream.runtime.backends.triton_backend.TritonTarget`)."""
+    recorded_sha256: str | None = None
+    """Backend ``triton`` without a local file: the model SHA-256 the repository recorded (``triton-repo``)."""
 
     @property
     def is_engine(self) -> bool:
         return self.variant == "engine"
 
     def sha256(self) -> str:
-        """SHA-256 of the file the backend runs (hashing a 2 MB model costs about 3 ms)."""
+        """SHA-256 of the file the backend runs (hashing a 2 MB model costs about 3 ms); for a model served by
+        Triton without a local file, the hash its repository recorded (``"unknown"`` when it recorded none)."""
+        if self.variant == REPOSITORY_VARIANT:
+            return self.recorded_sha256 or "unknown"
         return sha256_file(self.run_path)
 
     def describe(self) -> dict[str, Any]:
@@ -217,7 +225,7 @@ def pick_variant(path: Path, backend: str, precision: str = "auto") -> tuple[Pat
 
 
 def load_model(model: str | Path, *, contract: dict[str, Any] | None = None, backend: str = "auto",
-               sha256: str | None = None, precision: str = "auto") -> LoadedModel:
+               sha256: str | None = None, precision: str = "auto", triton: Any = None) -> LoadedModel:
     """Resolve, check and read ``model``, choose the backend and the variant: once, before anything starts.
 
     Parameters
@@ -234,9 +242,16 @@ def load_model(model: str | Path, *, contract: dict[str, Any] | None = None, bac
     precision
         The config's ``model.precision``: on OpenVINO ``int8`` runs the calibrated ``M.int8.onnx`` beside
         ``M.onnx``; the backend applies the rest. Any other backend refuses a precision other than ``auto``.
+    triton
+        Backend ``triton``: the server (:func:`medstream.runtime.backends.triton_backend.triton_target`). The
+        contract comes from the local model file when ``model`` names one (the backend then checks the server
+        serves that very file), or, with ``model`` = ``triton``, from the ``config.pbtxt`` parameters
+        ``medstream triton-repo`` wrote (:func:`load_remote_model`).
     """
     from medstream.runtime.backends import choose_backend
 
+    if backend == "triton":
+        return load_remote_model(model, contract=contract, sha256=sha256, target=triton)
     path = resolve_model_file(model)
     verify_model_file(path, sha256)
     resolved = read_model_contract(path, contract)
@@ -284,6 +299,49 @@ def _openvino_variant(path: Path, precision: str) -> tuple[Path, str]:
     return path, "onnx"
 
 
+def load_remote_model(model: str | Path, *, contract: dict[str, Any] | None, sha256: str | None,
+                      target: Any) -> LoadedModel:
+    """:func:`load_model` for backend ``triton``: the contract from the local file, or from the repository.
+
+    Raises
+    ------
+    ConfigError
+        No server given (``--triton-url``), or ``--model triton`` without a model name.
+    BackendUnavailable
+        ``--model triton`` and the server cannot be reached: there is no contract to start with.
+    """
+    from medstream.runtime.backends.triton_backend import FROM_REPOSITORY, fetch_repository_contract
+
+    if target is None:
+        raise ConfigError("backend triton needs the server's address, and none is given",
+                          "add --triton-url grpc://HOST:8001 (or model.triton_url in the config)")
+    reason = f"asked for explicitly: {target.url}"
+    if str(model) == FROM_REPOSITORY:
+        if sha256:
+            raise ConfigError("model.sha256 pins a local model file, but --model triton has none",
+                              "drop model.sha256, or give the local file with --model M.onnx")
+        embedded, recorded = fetch_repository_contract(target)
+        resolved = resolve_contract(ModelContract.model_validate(embedded) if embedded else None, contract,
+                                    f"{target.describe()} (config.pbtxt)")
+        pseudo = Path(f"triton:{target.model}")
+        return LoadedModel(requested=str(model), path=pseudo, run_path=pseudo, variant=REPOSITORY_VARIANT,
+                           contract=resolved, backend="triton", backend_reason=reason, remote=target,
+                           recorded_sha256=recorded)
+    path = resolve_model_file(model)
+    verify_model_file(path, sha256)
+    if path.suffix.lower() in ENGINE_SUFFIXES:
+        raise ModelLoadError(f"{path} is a TensorRT engine; with backend triton --model gives the ONNX the "
+                             "repository was made from (for its contract)",
+                             "pass the .onnx, or --model triton to take the contract from the server")
+    resolved = read_model_contract(path, contract)
+    assert resolved is not None  # required=True
+    from medstream.runtime.decoders.validate import check_model_io, model_io_from_onnx
+
+    resolved = check_model_io(resolved, model_io_from_onnx(path))
+    return LoadedModel(requested=str(model), path=path, run_path=path, variant="onnx (contract; served by Triton)",
+                       contract=resolved, backend="triton", backend_reason=reason, remote=target)
+
+
 def require_model_contract(path: Path, overrides: dict[str, Any] | None, what: str) -> ModelContract:
     """:func:`read_model_contract` for commands that need one, with their own way out in the error."""
     found = read_model_contract(path, overrides, required=False)
@@ -293,5 +351,6 @@ def require_model_contract(path: Path, overrides: dict[str, Any] | None, what: s
     return found
 
 
-__all__ = ["ENGINE_SUFFIXES", "LoadedModel", "check_model_file", "load_model", "pick_variant",
+__all__ = ["ENGINE_SUFFIXES", "REPOSITORY_VARIANT", "LoadedModel", "check_model_file", "load_model",
+           "load_remote_model", "pick_variant",
            "read_model_contract", "require_model_contract", "resolve_model_file", "verify_model_file"]

@@ -13,6 +13,13 @@ inference hangs, the worker stops calling ``on_progress``, the pings stop and sy
 service after ``WatchdogSec``. Pings are rate-limited to half of ``WATCHDOG_USEC`` (systemd's advice).
 systemd starts enforcing the watchdog only after ``READY=1``, so a long first engine build is covered
 by ``TimeoutStartSec`` alone.
+
+Worker progress alone is not enough with a remote backend (issue 17): while a Triton server is unreachable the
+worker loops happily, dropping every frame as ``backend_error``, and no overlay can be made. So while the
+latest status says ``backend_state: unreachable`` and a source is live (frames arrive), ``WATCHDOG=1`` is sent
+only if a frame was processed within the last ping interval; an idle source (stalled, ended) still gets its
+pings, there is nothing to make. systemd then restarts the service after ``WatchdogSec`` of outage, which makes
+the outage visible to whoever watches the unit; the backend reconnects by itself when the server is back.
 """
 
 from __future__ import annotations
@@ -115,8 +122,12 @@ def status_line(status: dict[str, Any]) -> str:
     drops = ", ".join(f"{k} {v}" for k, v in sorted(c.get("dropped", {}).items())) or "none"
     p50, p99 = lat.get("p50"), lat.get("p99")
     lat_txt = f"latency p50 {p50:.1f} ms p99 {p99:.1f} ms" if p50 is not None and p99 is not None else "latency n/a"
+    backend = ""
+    if status.get("backend_state", "ready") != "ready":
+        backend = f", backend {status.get('backend_state')}: {status.get('backend_error') or '?'}"
     return (f"{status.get('source_state', '?')}: {status.get('fps_in', 0):.1f} fps in, "
-            f"{status.get('fps_out', 0):.1f} fps out, {lat_txt}, processed {c.get('processed', 0)}, drops: {drops}")
+            f"{status.get('fps_out', 0):.1f} fps out, {lat_txt}, processed {c.get('processed', 0)}, drops: {drops}"
+            f"{backend}")
 
 
 class NotifyObserver(PipelineObserver):
@@ -126,15 +137,34 @@ class NotifyObserver(PipelineObserver):
     def __init__(self, notifier: SdNotifier | None = None) -> None:
         self.notifier = notifier or SdNotifier()
         self.notifier.status("loading model and warming up")
+        self._backend_unreachable = False
+        self._live_sources: dict[str, bool] = {}
+        self._last_processed = time.monotonic()
 
     def on_ready(self, info: dict[str, Any]) -> None:
         self.notifier.ready(f"ready: model {info.get('model_id', '?')} on {info.get('backend', '?')}/"
                             f"{info.get('device', '?')}, publishing on {info.get('publish', '?')}")
 
     def on_progress(self) -> None:
+        if not self._overlays_possible():
+            return
         self.notifier.watchdog()
 
+    def _overlays_possible(self, now: float | None = None) -> bool:
+        """False while the backend is unreachable, frames arrive and none was processed lately (module docstring)."""
+        if not self._backend_unreachable or not any(self._live_sources.values()):
+            return True
+        window = self.notifier.watchdog_interval_s or 1.0
+        return (time.monotonic() if now is None else now) - self._last_processed < window
+
+    def on_frame(self, outcome: str, overlay: Any, stages_ms: dict[str, float]) -> None:
+        if outcome == "processed":
+            self._last_processed = time.monotonic()
+            self._backend_unreachable = False
+
     def on_status(self, status: dict[str, Any]) -> None:
+        self._backend_unreachable = status.get("backend_state") == "unreachable"
+        self._live_sources[str(status.get("source_id"))] = status.get("source_state") == "live"
         self.notifier.status(status_line(status))
 
     def on_stop(self, summary: dict[str, Any]) -> None:

@@ -313,7 +313,9 @@ class ZmqSource(Source):
         still arriving. A valid stream stays far below the budget (the queue holds at most ``hwm`` frames).
         """
         self._next_guard = now + _GUARD_PERIOD_S
-        grown = _rss_bytes() - self._rss_base
+        rss = _rss_bytes()
+        self._rss_base = min(self._rss_base, rss)  # follows memory given back (e.g. after the last trip)
+        grown = rss - self._rss_base
         if grown <= self.memory_budget_bytes:
             return
         self.oversized_messages += 1
@@ -321,6 +323,10 @@ class ZmqSource(Source):
                     "message larger than any valid frame; closing and reopening the socket to free it",
                     self.configured_endpoint, grown >> 20, self.memory_budget_bytes >> 20)
         self._close()
+        # libzmq frees the socket's pipes (and the half-received message) on its I/O thread, soon after close;
+        # the new socket measures its base after that. Memory the allocator keeps stays in the base: it is
+        # reused before resident memory grows again.
+        time.sleep(0.05)
         for attempt in range(50):  # a bound port is released asynchronously after close
             try:
                 self._open()

@@ -15,6 +15,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from medstream.runtime.backends import load_backend
+from medstream.runtime.backends.triton_backend import triton_target
 from medstream.runtime.config import ModelSection, RunConfig, SecurityConfig
 from medstream.runtime.errors import ConfigError
 from medstream.runtime.models.loader import LoadedModel, load_model
@@ -32,8 +33,16 @@ def config_hash(cfg: RunConfig) -> str:
     return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:12]
 
 
-def backend_options(model: ModelSection, backend: str) -> dict[str, Any]:
-    """The runner's options from the config's ``model`` section, for the backend the loader chose."""
+def backend_options(model: ModelSection, backend: str, max_age_ms: float | None = None) -> dict[str, Any]:
+    """The runner's options from the config's ``model`` section, for the backend the loader chose.
+
+    ``triton``: each request's deadline is ``model.triton_timeout_ms`` or, derived from ``publish.max_age_ms``,
+    twice the age limit: an answer later than ``max_age_ms`` is dropped as ``stale`` at publish time anyway, and
+    one not back by twice the limit is given up as ``backend_error`` (docs/TRITON.md).
+    """
+    if backend == "triton":
+        timeout = model.triton_timeout_ms or (2.0 * max_age_ms if max_age_ms else None)
+        return {"request_timeout_ms": timeout}
     if backend == "tensorrt":
         opts: dict[str, Any] = {"no_build": model.no_build}
         if model.engine_cache:
@@ -90,7 +99,8 @@ def stream_options(cfg: RunConfig) -> StreamOptions:
                          status_interval_s=cfg.publish.status_interval_s,
                          stall_timeout_s=min(s.stall_timeout_s for s in sources), warmup_runs=cfg.model.warmup_runs,
                          inject=cfg.inject, max_batch=cfg.model.max_batch, batch_wait_ms=cfg.model.batch_wait_ms,
-                         stream_rois=tuple(s.roi for s in sources))
+                         stream_rois=tuple(s.roi for s in sources),
+                         low_confidence_below=cfg.model.low_confidence_below)
 
 
 def build_stream(cfg: RunConfig, *, observers: list[PipelineObserver] | None = None,
@@ -107,14 +117,14 @@ def build_stream(cfg: RunConfig, *, observers: list[PipelineObserver] | None = N
     from ``cfg.security``; ``telemetry`` gives the latest device sample for status messages.
     """
     model = load_model(cfg.model.file, contract=cfg.model.contract, backend=cfg.model.backend, sha256=cfg.model.sha256,
-                       precision=cfg.model.precision)
+                       precision=cfg.model.precision, triton=triton_target(cfg.model))
     with ExitStack() as undo:  # whatever is opened here is closed again if a later check fails
         if security is None:
             security = server_security(cfg.security)
             if security is not None:
                 undo.callback(security.close)
         sources = [_open_checked_source(cfg, section) for section in cfg.sources]
-        backend = load_backend(model, **backend_options(cfg.model, model.backend))
+        backend = load_backend(model, **backend_options(cfg.model, model.backend, cfg.publish.max_age_ms))
         publisher = open_sinks(cfg.publish.endpoints, lambda endpoint: sink_options(cfg, endpoint, security, context))
         if len(sources) > 1:
             for sink in publisher.sinks:

@@ -35,11 +35,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from medstream.runtime import accounting as acc
 from medstream.runtime.accounting import FrameAccounting
 from medstream.runtime.backends.base import Backend
 from medstream.runtime.config import InjectConfig
-from medstream.runtime.errors import BackendError, BackendUnavailable
+from medstream.runtime.decoders import make_decoder, refine
+from medstream.runtime.errors import BackendError, BackendUnavailable, MedstreamError, ModelLoadError
 from medstream.runtime.frame import Frame, Overlay, now_ns
 from medstream.runtime.mailbox import LatestSlots
 from medstream.runtime.observers import PipelineObserver
@@ -75,6 +78,8 @@ class StreamOptions:
     """Once one stream's frame waits, wait up to this long for the others to fill a batch (0: take what waits)."""
     stream_rois: tuple[tuple[int, int, int, int] | None, ...] = ()
     """Several streams: each stream's ROI (``roi`` is the first stream's when this is empty)."""
+    low_confidence_below: float | None = 0.5
+    """Overlays whose confidence is under this are flagged ``low_confidence`` and counted (None: never)."""
 
 
 @dataclass
@@ -196,11 +201,14 @@ class Pipeline:
                 pre.roi = lane.roi
             lane.pre = delayed(pre, delay.get("preprocess"))
         post = self.backend.make_postprocessor()
+        # The contract's task picks the output decoder (runtime/decoders); segmentation keeps the backend's argmax.
+        self.decoder = make_decoder(self.backend.contract, postprocessor=post,
+                                    low_confidence_below=opts.low_confidence_below)
         if opts.warmup_runs:
-            self.backend.warm_up(opts.warmup_runs)
+            self._warm_up(opts.warmup_runs)
         self.pre = self.lanes[0].pre
         self.post = post
-        self._class_map = delayed(post.class_map, delay.get("postprocess"))
+        self._decode = delayed(self.decoder, delay.get("postprocess"))
         self._publish = delayed(self._stamp_and_send, delay.get("publish"))
         info = {**self.backend.describe(), "source": self.source.describe(), "publish": self.publisher.bound_endpoint,
                 "streams": len(self.lanes), "max_batch": self.max_batch}
@@ -331,7 +339,8 @@ class Pipeline:
         t2 = time.perf_counter_ns()
         self._finish(lane, frame, outputs, {
             "queue": (t0 - frame.t_receive_ns) / 1e6 if frame.t_receive_ns else 0.0,
-            "preprocess": (t1 - t0) / 1e6, "infer": (t2 - t1) / 1e6, "compute": self.backend.last_compute_ms})
+            "preprocess": (t1 - t0) / 1e6, "infer": (t2 - t1) / 1e6, "compute": self.backend.last_compute_ms,
+            **self._backend_stages()})
 
     def _process_batch(self, ready: list[tuple[int, Frame]]) -> None:
         """Frames of several streams through one inference (the model's batch axis is dynamic)."""
@@ -358,7 +367,12 @@ class Pipeline:
             self._finish(lane, frame, mine, {
                 "queue": (t0 - frame.t_receive_ns) / 1e6 if frame.t_receive_ns else 0.0,
                 "preprocess": per_frame_pre, "infer": (t2 - t1) / 1e6, "compute": self.backend.last_compute_ms,
-                "batch": float(len(items))})
+                "batch": float(len(items)), **self._backend_stages()})
+
+    def _backend_stages(self) -> dict[str, float]:
+        """Extra stage times the backend reports for its last call (Triton: network, server_queue, server_compute)."""
+        inner = getattr(self.backend, "inner", self.backend)  # through the fault-injection wrapper
+        return dict(getattr(inner, "last_stages_ms", None) or {})
 
     def _finish(self, lane: Lane, frame: Frame, outputs: dict[str, Any], stages: dict[str, float]) -> None:
         """Decode the model's outputs for ``frame``, publish the overlay, count the outcome."""
@@ -380,6 +394,8 @@ class Pipeline:
             self._notify("on_frame", acc.STALE, None, {})
             return
         lane.accounting.on_processed()
+        if overlay.low_confidence:
+            lane.accounting.on_low_confidence()
         lane.accounting.on_published(ok)
         for stage, ms in stages.items():
             lane.accounting.record_latency(stage, ms)
@@ -387,19 +403,40 @@ class Pipeline:
 
     def _make_overlay(self, lane: Lane, frame: Frame, outputs: dict[str, Any], stages: dict[str, float]) -> Overlay:
         """The overlay of one frame from the model's outputs for it (batch of one), in source-frame coordinates."""
-        mask = self._class_map(outputs)
         frame_size = (int(frame.image.shape[0]), int(frame.image.shape[1]))
-        mask_roi = lane.roi
-        contours = self.post.contours(mask, frame_size, roi=mask_roi)
-        areas = self.post.areas(mask)
+        decoded = self._decode(outputs, frame_size, lane.roi)
         contract = self.backend.contract
         return Overlay(
             seq=frame.seq, t_capture_ns=frame.t_capture_ns, source_id=lane.stream_id or frame.source_id,
-            model_id=contract.model_id, class_names=contract.class_names, class_colors=contract.class_colors, mask=mask,
-            frame_size=frame_size, contours=contours, areas_px=areas, stages_ms=stages, mask_roi=mask_roi,
-            geometry=frame.geometry,
-            rgba=rgba_mask(mask, contract.class_colors) if self.options.render_rgba else None,
+            model_id=contract.model_id, class_names=contract.class_names, class_colors=contract.class_colors,
+            mask=decoded.mask, frame_size=frame_size, stages_ms=stages, geometry=frame.geometry,
+            rgba=rgba_mask(decoded.mask, contract.class_colors) if self.options.render_rgba else None,
+            **decoded.overlay_fields(),
         )
+
+    def _warm_up(self, runs: int) -> None:
+        """Warm the backend up on zeros of the contract's input size and dtype, then check the real output
+        shapes against the contract (dynamic axes are concrete now) and pick the decoder they call for.
+
+        A failure here is the model's or the contract's, not a frame's: it is refused with what was fed.
+        """
+        contract = self.backend.contract
+        shape = self.backend.input_shape()
+        dtype = {"float16": np.float16, "uint8": np.uint8}.get(contract.input.dtype, np.float32)
+        inner = getattr(self.backend, "inner", self.backend)  # warm-up bypasses fault injection
+        try:
+            if runs > 1:
+                inner.warm_up(runs - 1)
+            outputs = inner.infer({contract.input.name: np.zeros(shape, dtype)})
+        except Exception as exc:
+            reason = exc.what if isinstance(exc, MedstreamError) else f"{type(exc).__name__}: {exc}"
+            raise ModelLoadError(
+                f"model {self.backend.model_path} failed its warm-up inference, before any frame, on zeros of "
+                f"shape {list(shape)} {np.dtype(dtype).name} (contract input {contract.input.height}x"
+                f"{contract.input.width} {contract.input.layout}): {reason.splitlines()[0][:300]}",
+                "check contract.input (height, width, layout, dtype) against the model: models with dynamic "
+                "sizes often need sides that are multiples of 32") from None
+        self.decoder = refine(self.decoder, outputs)
 
     def _backend_failed(self, lane: Lane, frame: Frame, exc: Exception) -> None:
         state = "unreachable" if isinstance(exc, BackendUnavailable) else "failing"
@@ -448,6 +485,7 @@ class Pipeline:
             backend_state=self.backend_state, backend_error=self.backend_error,
             peers_refused=receiver.peers_refused,
             subscribers_refused=int(getattr(self.security, "refused", 0) or 0),
+            low_confidence_below=self.options.low_confidence_below,
             device_telemetry=telemetry, extra=self._sink_counts(),
         )
 
