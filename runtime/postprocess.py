@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from medstream.runtime.contract import ModelContract
+from medstream.runtime.errors import ContractError
 from medstream.runtime.frame import Contour
 
 
@@ -34,6 +35,10 @@ class Postprocessor:
     def __init__(self, contract: ModelContract, contour_epsilon_px: float = 1.0, max_contours_per_class: int = 16) -> None:
         self.contract = contract
         out = contract.primary_output
+        if out.activation == "sigmoid" or contract.task != "segmentation":
+            raise ContractError(f"model {contract.model_id}: the argmax postprocessor decodes softmax segmentation; this "
+                                f"is {contract.task} with a {out.activation} {out.kind} output",
+                                "decode it with medstream.runtime.decoders.make_decoder(contract)")
         self.output_name = out.name
         self.kind = out.kind
         self.class_axis = 1 if out.layout == "NCHW" else -1
@@ -58,6 +63,10 @@ class Postprocessor:
             self.mask = np.empty(spatial, np.uint8)
             self._best = None
         planes = [y[k] for k in range(y.shape[0])] if axis == 0 else [y[..., k] for k in range(y.shape[-1])]
+        if len(planes) != self.n_classes:  # an argmax over other channels than classes is a silent wrong answer
+            raise ValueError(f"output {self.output_name!r} has {len(planes)} channels for {self.n_classes} classes: "
+                             "not a softmax segmentation output (a sigmoid one has one channel fewer); decode it with "
+                             "medstream.runtime.decoders.make_decoder")
         self._argmax(planes)
         return self.mask
 

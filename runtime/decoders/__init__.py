@@ -76,6 +76,12 @@ def decoder_class(contract: ModelContract) -> type[Decoder]:
                         "use a kind listed for the task in docs/MODEL_CONTRACT.md")
 
 
+def uses_argmax(contract: ModelContract) -> bool:
+    """Whether ``contract`` is decoded by the segmentation argmax (a backend's :class:`Postprocessor`, on the
+    GPU for GPU backends); every other decoder works on the outputs themselves."""
+    return decoder_class(contract) is SoftmaxSegmentation
+
+
 def make_decoder(contract: ModelContract, *, postprocessor: Any = None,
                  low_confidence_below: float | None = None) -> Decoder:
     """The decoder for ``contract``. ``postprocessor``: the backend's segmentation argmax (GPU backends take it
@@ -100,4 +106,4 @@ def refine(decoder: Decoder, outputs: dict[str, Any]) -> Decoder:
 __all__ = ["DECODERS", "ClassificationDecoder", "Decoded", "DecodeError", "Decoder", "DetectionDecoder",
            "KeypointDecoder", "ModelIO", "SigmoidSegmentation", "SoftmaxSegmentation", "TensorInfo",
            "check_model_io", "decoder_class", "make_decoder", "model_io_from_arrays", "model_io_from_onnx",
-           "model_io_from_session", "refine", "register", "resolve_activation"]
+           "model_io_from_session", "refine", "register", "resolve_activation", "uses_argmax"]

@@ -41,7 +41,7 @@ from medstream.runtime import accounting as acc
 from medstream.runtime.accounting import FrameAccounting
 from medstream.runtime.backends.base import Backend
 from medstream.runtime.config import InjectConfig
-from medstream.runtime.decoders import make_decoder, refine
+from medstream.runtime.decoders import make_decoder, refine, uses_argmax
 from medstream.runtime.errors import BackendError, BackendUnavailable, MedstreamError, ModelLoadError
 from medstream.runtime.frame import Frame, Overlay, now_ns
 from medstream.runtime.mailbox import LatestSlots
@@ -200,8 +200,8 @@ class Pipeline:
             if lane.roi is not None:
                 pre.roi = lane.roi
             lane.pre = delayed(pre, delay.get("preprocess"))
-        post = self.backend.make_postprocessor()
         # The contract's task picks the output decoder (runtime/decoders); segmentation keeps the backend's argmax.
+        post = self.backend.make_postprocessor() if uses_argmax(self.backend.contract) else None
         self.decoder = make_decoder(self.backend.contract, postprocessor=post,
                                     low_confidence_below=opts.low_confidence_below)
         if opts.warmup_runs:
