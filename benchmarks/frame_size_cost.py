@@ -83,7 +83,7 @@ def measure(sides: list[int], repeats: int = 3) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sides", default="512,1024,2048,4096,8192")
+    p.add_argument("--sides", default="512,1024,2048,2896,4096,8192", help="2896: 64 MiB as 4-channel uint16")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)

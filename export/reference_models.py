@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from medstream.export.tasks import TaskTrainConfig
 from medstream.export.train import TrainConfig
 
 #: The recipe of each reference model. Changing it changes the bundled models: retrain, re-measure,
@@ -36,6 +37,18 @@ RECIPES: dict[str, TrainConfig] = {
     "fluoroscopy": TrainConfig(kind="fluoroscopy", seed=1, train_seeds=160, frames_per_seed=12, steps=800,
                                full_frame_steps=100, eval_every=200, val_frames_per_seed=6),
 }
+
+#: The classification and detection reference models (issue 13), by bundled name: small networks at 128x128
+#: trained on the same phantom, labels from its truth masks by a rule of :mod:`medstream.runtime.task_truth`.
+TASK_RECIPES: dict[str, TaskTrainConfig] = {
+    "needle-classifier": TaskTrainConfig(task="classification", truth_rule="needle-presence", seed=2, steps=1200,
+                                         eval_every=300),
+    "ultrasound-detector": TaskTrainConfig(task="detection", truth_rule="vessel-needle-boxes", seed=3, steps=2000,
+                                           eval_every=500),
+}
+#: Bundled file stem of each task model.
+TASK_FILES = {"needle-classifier": "needle_classifier", "ultrasound-detector": "ultrasound_detector"}
+TASK_EVAL_URI = "synthetic://ultrasound?seed=10000&scenes=10"
 
 REPRODUCE = "python -m medstream.export.reference_models --out runtime/models"
 EVAL_URI = "synthetic://{kind}?seed=10000"
@@ -83,11 +96,44 @@ def build(kind: str, out_dir: Path, eval_frames: int = 60, say=print) -> dict:
     return summary
 
 
+def build_task(name: str, out_dir: Path, eval_frames: int = 300, say=print) -> dict:
+    """Train, export (with proof) and evaluate one classification/detection reference model."""
+    import copy
+
+    from medstream.export.tasks import export_task_model, train_task
+    from medstream.export.train import wall_clock_text
+    from medstream.runtime.evaluation import evaluate_model
+
+    config = copy.deepcopy(TASK_RECIPES[name])
+    t0 = time.perf_counter()
+    result = train_task(config, progress=lambda s: say(f"[{name}] {s}"))
+    path = out_dir / f"{TASK_FILES[name]}.onnx"
+    record = export_task_model(result, path, model_id=TASK_FILES[name],
+                               extra_provenance={"recipe": f"{REPRODUCE} --only {name} (medstream.export."
+                                                           f"reference_models.TASK_RECIPES['{name}'])"},
+                               progress=lambda s: say(f"[{name}] {s}"))
+    summary = {"name": name, "path": str(path), "train": wall_clock_text(result.train_seconds),
+               "parameters": result.parameters}
+    if eval_frames > 0:
+        report = evaluate_model(path, TASK_EVAL_URI, eval_frames, intra_op_threads=config.threads)
+        say(report.to_table())
+        summary["held_out"] = report.headline_metrics()
+        record["held_out_evaluation"] = {"data": TASK_EVAL_URI, "frames": report.frames, **summary["held_out"],
+                                         "command": f"medstream evaluate --model {name} --data '{TASK_EVAL_URI}' "
+                                                    f"--frames {eval_frames}"}
+    record["build_seconds"] = round(time.perf_counter() - t0, 1)
+    path.with_name(path.stem + ".train.json").write_text(json.dumps(record, indent=2) + "\n")
+    summary["total"] = wall_clock_text(time.perf_counter() - t0)
+    say(f"[{name}] done: {summary}")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medstream.export.reference_models", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (runtime/models for the bundled files)")
-    parser.add_argument("--only", choices=sorted(RECIPES), action="append", help="build only this model (repeatable)")
+    parser.add_argument("--only", choices=sorted(RECIPES) + sorted(TASK_RECIPES), action="append",
+                        help="build only this model (repeatable)")
     parser.add_argument("--eval-frames", type=int, default=60, help="held-out frames scored after each export (0: skip)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -97,8 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     from medstream.runtime.errors import MedstreamError
 
     try:
-        for kind in args.only or list(RECIPES):
-            build(kind, out, args.eval_frames, say=lambda s: print(s, flush=True))
+        for kind in args.only or list(RECIPES) + list(TASK_RECIPES):
+            if kind in TASK_RECIPES:
+                build_task(kind, out, args.eval_frames, say=lambda s: print(s, flush=True))
+            else:
+                build(kind, out, args.eval_frames, say=lambda s: print(s, flush=True))
     except MedstreamError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

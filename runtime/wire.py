@@ -51,7 +51,7 @@ _INT64_MAX = 2**63 - 1
 
 #: The largest frame payload accepted by default, and the per-part ``MAXMSGSIZE`` of the frame socket.
 #: Derived from what the worker can process inside the systemd watchdog budget (``WatchdogSec=10``,
-#: pings at most every 5 s): on the 2-core development VM a frame costs about 4 ms per MiB the first
+#: pings at most every 5 s): on the 2-core development VM a frame costs about 4-5 ms per MiB the first
 #: time its geometry is seen (preprocess with fresh buffers + receive + decode,
 #: ``benchmarks/frame_size_cost.py``), so 64 MiB costs about 0.3 s, under 1/15 of the 5 s ping margin,
 #: leaving room for a slower device. The old 512 MiB (8192x8192x4, 16-bit) took 2-5 s and stalled the

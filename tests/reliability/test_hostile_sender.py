@@ -6,6 +6,7 @@ a sender that must not share this process's memory (the RSS checks) runs as a su
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -271,7 +272,9 @@ def test_an_unauthenticated_sender_is_reported_as_refused_with_its_count(tiny_mo
     summary = pipe.summary()
     assert status["source_state"] == "stalled"
     assert "unauthenticated peer refused" in status["source_error"], status["source_error"]
-    assert f"({status['peers_refused']} handshake" in status["source_error"]
+    # the text is refreshed every read (50 ms): its count may trail the live counter by a retry or two
+    said = int(re.search(r"refused \((\d+) handshake", status["source_error"]).group(1))
+    assert 1 <= said <= status["peers_refused"]
     assert status["peers_refused"] >= 1 and status["subscribers_refused"] >= 1
     assert summary["source"]["peers_refused"] >= status["peers_refused"]
     assert summary["counters"]["received"] == 0
