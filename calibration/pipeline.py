@@ -34,7 +34,14 @@ from typing import Any
 from medstream.calibration import quantize as q
 from medstream.calibration.cache import CalibrationCache, default_cache_dir, file_sha256
 from medstream.calibration.data import CalibrationData, default_eval_uri
-from medstream.calibration.gate import DEFAULT_MAX_DICE_DROP, EvalSet, Gate, GateReport, ModelRun
+from medstream.calibration.gate import (
+    DEFAULT_MAX_DICE_DROP,
+    DEFAULT_MAX_OUTPUT_ERROR,
+    EvalSet,
+    Gate,
+    GateReport,
+    ModelRun,
+)
 from medstream.calibration.stats import DEFAULT_PERCENTILE, METHODS, ActivationStats, collect_statistics
 from medstream.calibration.trt_cache import DEFAULT_TRT_VERSION, write_cache
 from medstream.calibration.validator import validate_model
@@ -93,6 +100,7 @@ class CalibrateRequest:
     method: str | None = None
     frames: int = 200
     max_dice_drop: float = DEFAULT_MAX_DICE_DROP
+    max_output_error: float = DEFAULT_MAX_OUTPUT_ERROR  # relative L2 of the raw outputs, INT8 vs FP32
     eval_data: str | None = None
     eval_frames: int = 300
     auto: bool = False
@@ -274,8 +282,8 @@ class _Run:
                 report.variants.append(self.gate.score(cpu, "int8-cpu"))
         result = Attempt(label=label, remedy=remedy, method=method, frames=used, exclude=list(exclude),
                          gate=report, trt_path=trt, cpu_path=cpu, ranges=ranges)
-        log.info("attempt %s: %s (worst Dice drop %.2f points)", label, "pass" if result.passed else "FAIL",
-                 report.worst_drop_points)
+        log.info("attempt %s: %s (worst %s drop %.2f points)", label, "pass" if result.passed else "FAIL",
+                 report.metric, report.worst_drop_points)
         return result
 
     # ---- which layers hurt
@@ -339,9 +347,9 @@ def _calibrate(req: CalibrateRequest, data: CalibrationData | None) -> Calibrati
     if method not in METHODS:
         raise ConfigError(f"unknown calibration method {method!r}", f"use one of: {', '.join(METHODS)}")
     contract = require_model_contract(Path(req.model), req.contract_overrides, "calibrate")
-    if contract.task != "segmentation":
-        raise ConfigError(f"model {req.model} is a {contract.task} model; the accuracy gate scores segmentation",
-                          "calibrate a segmentation model")
+    if contract.task not in ("segmentation", "classification", "detection"):
+        raise ConfigError(f"model {req.model} is a {contract.task} model; the accuracy gate scores segmentation, "
+                          "classification and detection", "calibrate a model of one of those tasks")
     eval_uri = req.eval_data or default_eval_uri(req.data, req.eval_frames)
     if eval_uri is None:
         raise ConfigError("the accuracy gate needs held-out frames with ground truth, and --data is not synthetic",
@@ -359,7 +367,8 @@ def _calibrate(req: CalibrateRequest, data: CalibrationData | None) -> Calibrati
         run.statistics(req.frames)  # the one statistics pass (or the cache), before the slower gate setup
         with _stage("scoring the accuracy gate", req.model):
             eval_set = EvalSet.load(contract, eval_uri, req.eval_frames, roi=req.roi)
-            run.gate = Gate(run.prepared, contract, eval_set, req.max_dice_drop, threads=req.threads)
+            run.gate = Gate(run.prepared, contract, eval_set, req.max_dice_drop, threads=req.threads,
+                            max_output_error=req.max_output_error)
 
         note = "first/last layers in float" if req.keep_first_last_float and not req.exclude else ""
         attempts = [run.attempt(_label(method, req.frames, base_exclude, note), "initial", method, req.frames,

@@ -75,11 +75,13 @@ def format_report(result: dict[str, Any]) -> str:
     for a in result["attempts"]:
         verdict = "pass" if a["passed"] else "FAIL"
         worst = a.get("worst_drop_points")
-        lines.append(f"  [{verdict}] {a['label']}: worst Dice drop "
+        metric = a.get("gate", {}).get("metric", "Dice")
+        lines.append(f"  [{verdict}] {a['label']}: worst {metric} drop "
                      f"{'-' if worst is None else f'{worst:.2f}'} points")
     chosen = result.get("chosen")
     if chosen is None:
-        lines += ["", f"GATE FAILED: no attempt kept every class's Dice drop within {result['max_dice_drop']} points."]
+        lines += ["", f"GATE FAILED: no attempt kept every class's metric drop within {result['max_dice_drop']} points "
+                      "and the raw output error within its bound."]
         if result.get("layer_sensitivity"):
             lines.append("layers that hurt most (argmax agreement regained when kept in float): " + ", ".join(
                 f"{r['layer']} +{100 * r['agreement_gain']:.2f}%" for r in result["layer_sensitivity"][:5]))
@@ -113,21 +115,24 @@ def format_report(result: dict[str, Any]) -> str:
 
 def _gate_table(gate: dict[str, Any]) -> list[str]:
     variants = gate["variants"]
-    head = f"  {'class':<14}{'FP32 Dice':>10}"
+    metric = gate.get("metric", "Dice")
+    head = f"  {'class':<14}{'FP32 ' + metric:>10}"
     for v in variants:
-        head += f"{v['variant'] + ' Dice':>16}{'drop':>8}"
+        head += f"{v['variant'] + ' ' + metric:>16}{'drop':>8}"
     lines = ["", head]
     for i, name in enumerate(gate["classes"]):
         row = f"  {name:<14}{_f(gate['dice_fp32'][i]):>10}"
         for v in variants:
             row += f"{_f(v['dice'][i]):>16}{_drop(v['drop_points'][i]):>8}"
         lines.append(row)
-    lines.append(f"  (drop in Dice points, 1 point = 0.01; limit {gate['max_dice_drop']} points)")
+    lines.append(f"  (drop in {metric} points, 1 point = 0.01; limit {gate['max_dice_drop']} points; raw output error "
+                 f"limit {gate.get('max_output_error', '-')} relative L2)")
     for v in variants:
         lines.append(f"  {v['variant']}: argmax agreement {100 * v['argmax_agreement']:.3f}%, logit error max "
                      f"{v['logit_max_abs']:.4g} ({100 * v['logit_max_rel']:.2f}% of max |logit|), mean "
                      f"{v['logit_mean_abs']:.4g} ({100 * v['logit_mean_rel']:.2f}% of mean |logit|)"
-                     f" -> {'pass' if v['passed'] else 'FAIL'}")
+                     f", relative L2 {v.get('output_rel_l2', 0.0):.4f}"
+                     f" -> {'pass' if v['passed'] else 'FAIL: ' + '; '.join(v.get('reasons') or [])}")
     return lines
 
 

@@ -39,7 +39,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from medstream.export.train import HELD_OUT_SEED0, VALIDATION_SEED0, fit_geometry, phantom_frames, seed_everything
+from medstream.export.train import (
+    HELD_OUT_SEED0,
+    VALIDATION_SEED0,
+    fit_geometry,
+    phantom_frames,
+    seed_everything,
+)
 from medstream.runtime.errors import ConfigError, require
 from medstream.runtime.task_truth import needle_presence_label, rule_named, vessel_needle_boxes
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medstream.runtime.errors import ConfigError
 
@@ -216,6 +216,9 @@ class RunConfig(_Strict):
     streams: list[SourceSection] = Field(default_factory=list, max_length=16)
     """Several sources in one run, one model for all (each entry is a ``source:`` section; give each an ``id``)."""
     model: ModelSection = Field(default_factory=ModelSection)
+    models: list[ModelSection] = Field(default_factory=list, max_length=8)
+    """Several models on the same frame (each entry a ``model:`` section): the first is the stream's primary model
+    (it becomes ``model``); each further one publishes its own overlay for the same frame, counted under ``models``."""
     publish: PublishSection = Field(default_factory=PublishSection)
     service: ServiceSection = Field(default_factory=ServiceSection)
     run: RunSection = Field(default_factory=RunSection)
@@ -230,6 +233,18 @@ class RunConfig(_Strict):
             raise ValueError(f"every stream needs its own id (got {ids}): overlays, status and topics are told "
                              "apart by it")
         return v
+
+    @model_validator(mode="after")
+    def _primary_model(self) -> RunConfig:
+        if self.models:
+            # Keys given for `model` (a flag such as --threads, or model.* in the file) apply to the primary.
+            overrides = {k: getattr(self.model, k) for k in self.model.model_fields_set} \
+                if "model" in self.model_fields_set else {}
+            if "file" in overrides and overrides["file"] != self.models[0].file:
+                raise ValueError("give either 'model' or 'models', not both (the first of 'models' is the primary)")
+            self.models[0] = self.models[0].model_copy(update=overrides)
+            self.model = self.models[0]
+        return self
 
     @property
     def sources(self) -> list[SourceSection]:
@@ -386,6 +401,14 @@ def config_reference_markdown() -> str:
     example: dict[str, Any] = {}
     for section, info in RunConfig.model_fields.items():
         model = info.annotation
+        if section == "models":
+            lines += ["## `models`: several models on the same frame", "",
+                      "A list of `model:` sections (keys as above). The first is the primary model (it replaces "
+                      "`model`); each further model runs on the same freshest frame after it and publishes its own "
+                      "overlay (same `seq`, `t_capture_ns` and `source_id`, its own `model_id`); its outcomes and "
+                      "latency are counted under `models` in the status and the summary.", ""]
+            example[section] = []
+            continue
         if section == "streams":
             lines += ["## `streams`: several sources in one run, one model for all", "",
                       "A list of `source:` sections (keys as above), each with its own `id`; when given, `source` is "

@@ -129,6 +129,33 @@ def iter_eval_batches(contract: ModelContract, data_uri: str, frames: int, batch
         yield np.concatenate(inputs, axis=0), np.stack(truths)
 
 
+class SegmentationMasker:
+    """The class map production publishes, at the model's resolution, from one frame's outputs.
+
+    Softmax outputs: the runtime's argmax (:class:`Postprocessor`). Sigmoid outputs (a 1-channel binary
+    segmenter, multi-label): the model's own decoder, :class:`~medstream.runtime.decoders.SigmoidSegmentation`
+    (per-channel thresholds), which the argmax would read as all background (issue 13). The first outputs
+    resolve ``activation: auto`` (:func:`~medstream.runtime.decoders.refine`).
+    """
+
+    def __init__(self, contract: ModelContract) -> None:
+        self.contract = contract
+        self.size = (contract.input.height, contract.input.width)
+        self.decoder: Any = None
+        self.post: Postprocessor | None = None
+
+    def __call__(self, outputs: dict[str, Any]) -> np.ndarray:
+        if self.decoder is None:
+            from medstream.runtime.decoders import SoftmaxSegmentation, make_decoder, refine
+
+            self.decoder = refine(make_decoder(self.contract), outputs)
+            if isinstance(self.decoder, SoftmaxSegmentation):
+                self.post = Postprocessor(self.decoder.contract)
+        if self.post is not None:
+            return self.post.class_map(outputs)
+        return self.decoder(outputs, self.size, None).mask
+
+
 # ------------------------------------------------------------------------------------ report
 @dataclass
 class ClassScores:
@@ -257,8 +284,14 @@ class _Accumulator:
 
 def evaluate_model(model_path: str | Path, data_uri: str, frames: int, backend: str = "onnxruntime",
                    contract_overrides: dict[str, Any] | None = None, batch: int = 1,
-                   roi: tuple[int, int, int, int] | None = None, **backend_options: Any) -> EvaluationReport:
-    """Run a segmentation model on ``frames`` frames with truth and score it per class.
+                   roi: tuple[int, int, int, int] | None = None, truth_rule: str | None = None,
+                   **backend_options: Any) -> Any:
+    """Run a model on ``frames`` frames with truth and score it with its task's metric.
+
+    Segmentation: Dice/IoU per class (:class:`EvaluationReport`, below). Classification and detection
+    (:mod:`medstream.runtime.evaluation_tasks`): labels or boxes come from the truth masks by the rule the
+    model's contract records (``provenance.truth_rule``) or ``truth_rule``; accuracy, per-class
+    precision/recall/F1 and the confusion matrix, or COCO AP@0.5 and AP@0.5:0.95 (pycocotools).
 
     Parameters
     ----------
@@ -274,6 +307,9 @@ def evaluate_model(model_path: str | Path, data_uri: str, frames: int, backend: 
         The config's ``contract:`` facts, for models without an embedded contract (or to override it).
     batch
         Frames per inference; above 1 the model must have been exported with a dynamic batch axis.
+    truth_rule
+        Classification/detection: the :mod:`~medstream.runtime.task_truth` rule that makes labels from truth
+        masks (default: the one the model records).
     backend_options
         Passed to the backend (e.g. ``intra_op_threads=2``).
     """
@@ -282,16 +318,20 @@ def evaluate_model(model_path: str | Path, data_uri: str, frames: int, backend: 
 
     loaded = load_model(model_path, contract=contract_overrides, backend=backend)
     path, contract = str(loaded.path), loaded.contract
+    if contract.task in ("classification", "detection"):
+        from medstream.runtime.evaluation_tasks import evaluate_task
+
+        return evaluate_task(loaded, data_uri, frames, truth_rule=truth_rule, roi=roi, **backend_options)
     if contract.task != "segmentation":
-        raise ContractError(f"model {path} is a {contract.task} model; evaluate scores segmentation models only",
-                            "evaluate a segmentation model, or score this one with your own tool")
+        raise ContractError(f"model {path} is a {contract.task} model; evaluate scores segmentation, classification "
+                            "and detection models", "score this one with your own tool")
     notes: list[str] = []
     if batch > 1 and not contract.input.dynamic_batch:
         notes.append(f"batch {batch} asked, but the model's batch axis is static: evaluated one frame at a time")
         batch = 1
     engine = load_backend(loaded, **backend_options)
     engine.activate()
-    post = Postprocessor(contract)
+    class_map = SegmentationMasker(contract)
     acc = _Accumulator(len(contract.classes))
     compute_ms = 0.0
     try:
@@ -301,7 +341,7 @@ def evaluate_model(model_path: str | Path, data_uri: str, frames: int, backend: 
             compute_ms += engine.last_compute_ms
             for i in range(inputs.shape[0]):
                 one = {k: np.asarray(v)[i:i + 1] for k, v in outputs.items()}
-                pred = post.class_map(one)
+                pred = class_map(one)
                 truth = truths[i]
                 if truth.shape != pred.shape:
                     truth = cv2.resize(truth, (pred.shape[1], pred.shape[0]), interpolation=cv2.INTER_NEAREST)
@@ -329,7 +369,7 @@ def evaluate_model(model_path: str | Path, data_uri: str, frames: int, backend: 
 
 
 __all__ = [
-    "ClassScores", "EvaluationReport", "confusion_from_masks", "dice_iou_from_confusion", "evaluate_model",
+    "ClassScores", "EvaluationReport", "SegmentationMasker", "confusion_from_masks", "dice_iou_from_confusion", "evaluate_model",
     "file_sha256", "find_image_mask_pairs", "iter_eval_batches", "iter_frames_with_truth", "load_pair",
     "truth_at",
 ]

@@ -6,6 +6,8 @@ Examples::
     medstream evaluate --model fluoroscopy --frames 300 --json fluoro.json
     medstream evaluate --model my.onnx --data "synthetic://ultrasound?seed=10000&scenes=10" --frames 300
     medstream evaluate --model my.onnx --data recordings/ --contract contract.yaml --min-dice needle=0.8
+    medstream evaluate --model needle-classifier --data "synthetic://ultrasound?seed=10000&scenes=10"
+    medstream evaluate --model ultrasound-detector --min-metric ap50=0.9
 
 Held-out phantom data uses seeds >= 10000, never used in training. Dice/IoU are accumulated over all
 frames (the headline); the mean of per-frame scores is shown beside them.
@@ -23,7 +25,8 @@ from medstream.cli.commands._model_args import (  # noqa: F401 - load_contract_f
     read_contract_for,
 )
 
-HELP = "Dice/IoU per class of a model on held-out frames with ground truth (table + JSON)"
+HELP = ("score a model on held-out frames with ground truth: Dice/IoU (segmentation), accuracy/F1 and confusion "
+        "(classification), COCO AP (detection)")
 
 
 def add_arguments(p) -> None:
@@ -38,6 +41,12 @@ def add_arguments(p) -> None:
     p.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON here")
     p.add_argument("--min-dice", action="append", default=[], metavar="CLASS=VALUE",
                    help="exit 1 when a class's Dice is below VALUE ('mean' = mean foreground Dice); repeatable")
+    p.add_argument("--min-metric", action="append", default=[], metavar="METRIC=VALUE",
+                   help="classification/detection: exit 1 when METRIC is below VALUE (accuracy, macro_f1, "
+                        "f1:CLASS; ap50, ap50_95, ap50:CLASS); repeatable")
+    p.add_argument("--truth-rule", default=None, metavar="RULE",
+                   help="classification/detection: how labels/boxes come from truth masks (default: the rule the "
+                        "model records; see medstream.runtime.task_truth: needle-presence, vessel-needle-boxes)")
     add_contract_arguments(p)
 
 
@@ -74,12 +83,24 @@ def main(args) -> int:
         data = f"synthetic://{modality}?seed=10000"
     options = {"intra_op_threads": args.threads} if args.threads and args.backend != "tensorrt" else {}
     report = evaluate_model(model, data, args.frames, backend=args.backend, contract_overrides=overrides,
-                            batch=args.batch, **options)
+                            batch=args.batch, truth_rule=getattr(args, "truth_rule", None), **options)
     print(report.to_table())
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(report.to_json() + "\n")
         print(f"wrote {args.json}")
+    if getattr(report, "task", "segmentation") != "segmentation":  # classification / detection reports
+        if thresholds:
+            raise ConfigError("--min-dice applies to segmentation models", "use --min-metric, e.g. accuracy=0.95")
+        low = []
+        for name, minimum in _thresholds(getattr(args, "min_metric", [])).items():
+            value = report.metric(name)
+            if value is None or value < minimum:
+                low.append(f"{name} {'none' if value is None else f'{value:.4f}'} < {minimum}")
+        if low:
+            print("BELOW THRESHOLD: " + "; ".join(low))
+            return 1
+        return 0
     failed = []
     names = [c.name for c in report.classes]
     for name, minimum in thresholds.items():

@@ -46,6 +46,7 @@ PURPOSE: dict[str, str] = {
     "uvicorn": "web view: the ASGI server, TLS (web extra)",
     "websockets": "web view: WebSocket protocol for uvicorn (web extra)",
     "pyigtl": "OpenIGTLink messages for igtl:// in and out, PLUS and 3D Slicer (igtl extra)",
+    "pycocotools": "COCO detection AP (AP@0.5, AP@0.5:0.95) in evaluate and the INT8 gate (eval extra)",
     "selenium": "browser test of the web view (dev extra, not shipped)",
 }
 #: Licences declared upstream, used when a package is not installed here.

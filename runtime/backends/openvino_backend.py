@@ -1,22 +1,27 @@
 """OpenVINO backend: the CPU path on Intel (x86-64) machines without an NVIDIA GPU.
 
 Why a second CPU backend: on this project's 2-core Xeon (AVX512-VNNI, AMX-BF16) the ultrasound U-Net
-(256x256, 2 threads, interleaved medians of 15 rounds x 5 runs, onnxruntime 1.32, openvino 2026.4.1,
-``benchmarks/backend_table.py`` for the committed numbers) takes:
+(256x256, 2 threads, onnxruntime 1.32, openvino 2026.4.1) takes, floor per inference, rows interleaved:
 
-=====================================  ==============  =====================================
-file                                   ONNX Runtime    OpenVINO
-=====================================  ==============  =====================================
-``M.onnx`` (FP32)                      19.3 ms         19.1 ms (f32 hint), **5.0 ms (bf16)**
-``M.int8.onnx`` (S8S8 QDQ)             16.9 ms         **4.5 ms** (int8, f32 elsewhere)
-``M.int8-cpu.onnx`` (U8S8 QDQ twin)    10.8 ms         4.5 ms
-=====================================  ==============  =====================================
+=====================================  =================  ==========================================
+file                                   ONNX Runtime       OpenVINO
+=====================================  =================  ==========================================
+``M.onnx`` (FP32)                      19.3 ms / 39.6     19.1 / 33.7 (f32 hint), **5.0 / 7.4 (bf16)**
+``M.int8.onnx`` (S8S8 QDQ)             16.9 ms / -        **4.5 / 6.8** (int8, f32 elsewhere)
+``M.int8-cpu.onnx`` (U8S8 QDQ twin)    10.8 ms / 17.2     4.5 / 6.7
+=====================================  =================  ==========================================
 
-So the INT8 model runs here about 4x faster than FP32 ONNX Runtime, and the S8S8 file (the one TensorRT
-also runs, the one the calibration gate judged) is as fast on OpenVINO as its U8S8 twin (4.53 vs
-4.47 ms, within this machine's drift): OpenVINO runs ``M.int8.onnx`` itself and the twin stays an ONNX
-Runtime matter. (On an earlier, slower day of the same machine issue 16 recorded 20.5 / 10.9 / 10.0 /
-9.0 ms for the same rows: the ratios, not the absolute figures, are what carries over.)
+(first figure: a quiet minute, medians of 15 rounds x 5 runs; second: a loaded one, median of 40 round
+medians x 10 runs, ``python -m medstream.benchmarks.backend_table --rounds 40``, benchmarks/results/
+backends.json; issue 16 recorded 20.5 / 10.9 / 10.0 / 9.0 ms on another day. The ratios carry over, the
+absolute figures do not.) INT8 on OpenVINO is 4.3-5.8x faster than FP32 ONNX Runtime, Dice within 0.03
+points of it.
+
+Which INT8 file: OpenVINO runs the S8S8 file (``M.int8.onnx``: the one TensorRT also runs and the
+calibration gate judged) about as fast as the U8S8 twin: the twin was 1-3 % faster in each of three
+runs (4.47 vs 4.53, 6.67 vs 6.78 ms ultrasound, 6.73 vs 6.94 fluoroscopy), inside this machine's drift
+and well under the 4-6x that both give. OpenVINO therefore runs ``M.int8.onnx`` itself; the twin stays
+ONNX Runtime's (where it is 1.6x faster than S8S8).
 
 Precision (config ``model.precision``, ``--precision``), decided once in :func:`resolve_precision`:
 

@@ -1,7 +1,8 @@
 """The reference models bundled with medstream, trained on the phantom streams (see README.md here).
 
 ``bundled_model_path("ultrasound")`` gives the vessel + needle segmenter, ``"fluoroscopy"`` the
-guidewire/catheter segmenter. Both carry their model contract inside the ONNX file, so nothing else
+guidewire/catheter segmenter, ``"needle-classifier"`` a needle present/absent classifier and
+``"ultrasound-detector"`` a vessel + needle box detector (both ultrasound, 128 x 128 input). Both carry their model contract inside the ONNX file, so nothing else
 is needed to run them. They are trained and exported reproducibly by
 ``python -m medstream.export.reference_models --out runtime/models``.
 """
@@ -18,6 +19,8 @@ MODELS_DIR = Path(__file__).resolve().parent
 BUNDLED: dict[str, str] = {
     "ultrasound": "ultrasound_unet.onnx",
     "fluoroscopy": "fluoroscopy_unet.onnx",
+    "needle-classifier": "needle_classifier.onnx",  # needle present / absent (issue 13)
+    "ultrasound-detector": "ultrasound_detector.onnx",  # vessel and needle boxes (issue 13)
 }
 
 

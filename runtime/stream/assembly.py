@@ -23,6 +23,7 @@ from medstream.runtime.observers import PipelineObserver
 from medstream.runtime.security import CurveServer, check_bind_allowed, client_curve
 from medstream.runtime.sinks import ZMQ_SCHEMES, open_sinks, scheme_of
 from medstream.runtime.sources import open_source
+from medstream.runtime.stream.heads import ModelHead
 from medstream.runtime.stream.pipeline import Pipeline, StreamOptions
 from medstream.runtime.version import __version__, git_commit
 
@@ -125,6 +126,7 @@ def build_stream(cfg: RunConfig, *, observers: list[PipelineObserver] | None = N
                 undo.callback(security.close)
         sources = [_open_checked_source(cfg, section) for section in cfg.sources]
         backend = load_backend(model, **backend_options(cfg.model, model.backend, cfg.publish.max_age_ms))
+        heads = [_model_head(cfg, section) for section in cfg.models[1:]]
         publisher = open_sinks(cfg.publish.endpoints, lambda endpoint: sink_options(cfg, endpoint, security, context))
         if len(sources) > 1:
             for sink in publisher.sinks:
@@ -132,7 +134,15 @@ def build_stream(cfg: RunConfig, *, observers: list[PipelineObserver] | None = N
         undo.pop_all()
     _log_start(cfg, model, publisher.bound_endpoint)
     return Pipeline(sources if len(sources) > 1 else sources[0], backend, publisher, security=security,
-                    options=stream_options(cfg), observers=observers, telemetry=telemetry)
+                    options=stream_options(cfg), observers=observers, telemetry=telemetry, heads=heads)
+
+
+def _model_head(cfg: RunConfig, section: Any) -> ModelHead:
+    """A further model (``models:`` after the first), loaded like the primary: checked before anything binds."""
+    loaded = load_model(section.file, contract=section.contract, backend=section.backend, sha256=section.sha256,
+                        precision=section.precision, triton=triton_target(section))
+    runner = load_backend(loaded, **backend_options(section, loaded.backend, cfg.publish.max_age_ms))
+    return ModelHead(runner, low_confidence_below=section.low_confidence_below)
 
 
 def _open_checked_source(cfg: RunConfig, section: Any) -> Any:

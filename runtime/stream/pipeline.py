@@ -50,6 +50,7 @@ from medstream.runtime.preprocess import FrameMismatch
 from medstream.runtime.render import rgba_mask
 from medstream.runtime.sinks import OverlaySinks
 from medstream.runtime.sources.base import Source
+from medstream.runtime.stream.heads import ModelHead
 from medstream.runtime.stream.injection import InjectingBackend, delayed
 from medstream.runtime.stream.receiver import Receiver
 from medstream.runtime.stream.status import ENDED, STOPPED, RateMeter, StreamStatus
@@ -121,11 +122,12 @@ class Pipeline:
     def __init__(self, source: Source | list[Source], backend: Backend, publisher: OverlaySinks, *,
                  security: Closeable | None = None, options: StreamOptions | None = None,
                  accounting: FrameAccounting | None = None, observers: list[PipelineObserver] | None = None,
-                 telemetry: Callable[[], dict[str, Any]] | None = None) -> None:
+                 telemetry: Callable[[], dict[str, Any]] | None = None, heads: list[ModelHead] | None = None) -> None:
         self.options = options or StreamOptions()
         opts = self.options
         sources = list(source) if isinstance(source, list | tuple) else [source]
         self.backend: Backend = InjectingBackend(backend, opts.inject) if opts.inject.active else backend
+        self.heads = list(heads or [])  # further models on the same frame (stream/heads.py)
         self.publisher = publisher
         self.security = security
         self.observers = list(observers or [])
@@ -181,6 +183,7 @@ class Pipeline:
             return
         self._closed = True
         closers = [("source", lane.source.close) for lane in self.lanes]
+        closers += [(f"model {h.model_id}", h.backend.deactivate) for h in self.heads]
         for what, close in (*closers, ("backend", self.backend.deactivate), ("publisher", self.publisher.close),
                             ("security", self.security.close if self.security is not None else None)):
             if close is None:
@@ -206,6 +209,8 @@ class Pipeline:
                                     low_confidence_below=opts.low_confidence_below)
         if opts.warmup_runs:
             self._warm_up(opts.warmup_runs)
+        for head in self.heads:
+            head.prepare([lane.roi for lane in self.lanes], opts.warmup_runs)
         self.pre = self.lanes[0].pre
         self.post = post
         self._decode = delayed(self.decoder, delay.get("postprocess"))
@@ -400,6 +405,21 @@ class Pipeline:
         for stage, ms in stages.items():
             lane.accounting.record_latency(stage, ms)
         self._notify("on_frame", "processed", overlay, stages)
+        for head in self.heads:  # further models, on the same frame, each with its own overlay and counts
+            self._run_head(head, lane, frame)
+
+    def _run_head(self, head: ModelHead, lane: Lane, frame: Frame) -> None:
+        extra, reason = head.run(lane.index, lane.roi, frame, lane.stream_id or frame.source_id,
+                                 self.options.render_rgba)
+        if extra is None:
+            head.count(None, reason or "invalid")
+            return
+        try:
+            ok = self._stamp_and_send(extra)
+        except Exception:
+            log.exception("publishing the overlay of model %s for frame %d failed", head.model_id, frame.seq)
+            ok = False
+        head.count(extra, "published" if ok else ("stale" if ok is None else "publish_failed"))
 
     def _make_overlay(self, lane: Lane, frame: Frame, outputs: dict[str, Any], stages: dict[str, float]) -> Overlay:
         """The overlay of one frame from the model's outputs for it (batch of one), in source-frame coordinates."""
@@ -486,8 +506,14 @@ class Pipeline:
             peers_refused=receiver.peers_refused,
             subscribers_refused=int(getattr(self.security, "refused", 0) or 0),
             low_confidence_below=self.options.low_confidence_below,
-            device_telemetry=telemetry, extra=self._sink_counts(),
+            device_telemetry=telemetry, extra={**self._sink_counts(), **self._head_counts(recent=True)},
         )
+
+    def _head_counts(self, recent: bool = False) -> dict[str, Any]:
+        """Each further model's outcomes and latency (``models:``); empty with one model."""
+        if not self.heads:
+            return {}
+        return {"models": [h.counts.to_dict(h.model_id, recent=recent) for h in self.heads]}
 
     def _sink_counts(self) -> dict[str, Any]:
         """Per-output counts when there are several outputs (one slow consumer shows, the others do not hide it)."""
@@ -519,7 +545,7 @@ class Pipeline:
         """
         per_lane = [self._lane_summary(lane) for lane in self.lanes]
         if len(per_lane) == 1:
-            return per_lane[0]
+            return {**per_lane[0], **self._head_counts()}
         counters = _sum_counters([p["counters"] for p in per_lane])
         return {
             "counters": counters,
@@ -532,6 +558,7 @@ class Pipeline:
             "source_crash": next((p["source_crash"] for p in per_lane if p["source_crash"]), None),
             "backend": self.backend.describe(),
             "max_batch": self.max_batch,
+            **self._head_counts(),
             "duration_s": round(time.monotonic() - self._t_start, 3),
         }
 
