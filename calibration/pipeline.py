@@ -363,7 +363,10 @@ def _calibrate(req: CalibrateRequest, data: CalibrationData | None) -> Calibrati
             raise ConfigError(f"--exclude names node(s) the model does not have: {', '.join(unknown)}",
                               "use node names as `medstream calibrate` reports them (or from Netron)")
         first_last = q.first_last_layers(run.prepared, contract.primary_output.name)
-        base_exclude = list(dict.fromkeys(req.exclude + (first_last if req.keep_first_last_float else [])))
+        # A detector's or keypoint model's decoding after its last convolution stays in float (q.decode_tail).
+        tail = q.decode_tail(run.prepared, contract.primary_output.name) \
+            if contract.task in ("detection", "keypoints") else []
+        base_exclude = list(dict.fromkeys(req.exclude + tail + (first_last if req.keep_first_last_float else [])))
         run.statistics(req.frames)  # the one statistics pass (or the cache), before the slower gate setup
         with _stage("scoring the accuracy gate", req.model):
             eval_set = EvalSet.load(contract, eval_uri, req.eval_frames, roi=req.roi)
@@ -371,6 +374,8 @@ def _calibrate(req: CalibrateRequest, data: CalibrationData | None) -> Calibrati
                             max_output_error=req.max_output_error)
 
         note = "first/last layers in float" if req.keep_first_last_float and not req.exclude else ""
+        if tail and not req.exclude:
+            note = "decoding after the last convolution in float" + (f"; {note}" if note else "")
         attempts = [run.attempt(_label(method, req.frames, base_exclude, note), "initial", method, req.frames,
                                 base_exclude)]
         if not attempts[-1].passed and req.auto:

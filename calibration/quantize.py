@@ -211,6 +211,32 @@ def node_names(model_path: str | Path) -> list[str]:
     return [n.name for n in onnx.load(str(model_path), load_external_data=False).graph.node]
 
 
+def decode_tail(model_path: str | Path, output_name: str) -> list[str]:
+    """The nodes between the last weighted layers and ``output_name``: a detector's box decoding.
+
+    Walking back from the output, every node until a weighted layer (Conv, Gemm, ...) is reached. In a
+    YOLO-style head these are Reshape/Slice/Sigmoid/Exp/Mul/Concat; quantized, the final Concat shares one
+    int8 scale between pixel boxes (0..128) and probabilities (0..1), and the bundled detector lost 2 AP
+    points whatever else was tried. In float they cost nothing measurable (no weights, a few thousand values).
+    """
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    producers = {out: node for node in graph.node for out in node.output}
+    tail: list[str] = []
+    seen: set[str] = set()
+    stack = [output_name]
+    while stack:
+        node = producers.get(stack.pop())
+        if node is None or node.name in seen or node.op_type in WEIGHTED_OPS:
+            continue
+        seen.add(node.name)
+        if node.op_type != "Constant":
+            tail.append(node.name)
+        stack.extend(node.input)
+    return tail
+
+
 def first_last_layers(model_path: str | Path, output_name: str) -> list[str]:
     """Names of the first weighted layer after the input and the last one before ``output_name``.
 
