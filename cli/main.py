@@ -5,10 +5,25 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from medstream.runtime.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, MedstreamError
+
+#: A stop signal that arrives while the program is still starting (the heavy imports and the model load
+#: come later: a second or more) is remembered from here on, so ``medstream run`` still stops cleanly and
+#: writes its summary. Only light standard-library modules are imported above.
+EARLY_STOP = threading.Event()
+
+
+def _remember_stop(signum, _frame) -> None:
+    EARLY_STOP.set()
+
+
+for _sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(_sig, _remember_stop)
 
 # Subcommand name -> module under medstream.cli.commands. Modules are imported lazily, only for the
 # subcommand asked for (so a missing optional extra breaks only the command that needs it), except
@@ -83,6 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_module", None):
         parser.print_help()
         return 2
+    if chosen != "run":  # only `run` finishes its work on a stop signal; every other command stops at once
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if EARLY_STOP.is_set():
+            return EXIT_INTERRUPTED
     try:
         return int(args._module.main(args) or 0)
     except MedstreamError as exc:

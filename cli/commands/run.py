@@ -74,8 +74,10 @@ def _security_overrides(args) -> dict:
 
 
 def main(args) -> int:
-    import threading
 
+    # Signals first: a SIGTERM while the model loads (a second or more) must still end in a summary.
+    # cli/main.py remembered any that came before we got here.
+    from medstream.cli.main import EARLY_STOP
     from medstream.runtime.errors import (
         EXIT_ACCOUNTING,
         EXIT_OK,
@@ -86,8 +88,7 @@ def main(args) -> int:
     from medstream.runtime.service import make_service_hooks
     from medstream.runtime.stream import build_stream
 
-    # Signals first: a SIGTERM while the model loads (a second or more) must still end in a summary.
-    stop_requested = threading.Event()
+    stop_requested = EARLY_STOP
     pipeline = None
 
     def _stop(signum, _frame):
