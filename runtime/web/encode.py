@@ -29,7 +29,7 @@ from medstream.runtime.frame import Frame, Overlay
 
 #: Optional overlay header keys passed through to the page as they are (later tasks: detection,
 #: classification, confidence gating). The page draws the shapes docs/WEB.md lists and ignores others.
-OPTIONAL_OVERLAY_KEYS = ("label", "boxes", "confidence", "low_confidence")
+OPTIONAL_OVERLAY_KEYS = ("task", "label", "probabilities", "top_k", "boxes", "points", "confidence", "low_confidence")
 #: Largest JSON size of one optional key passed through; larger ones are left out and counted.
 MAX_OPTIONAL_BYTES = 64 * 1024
 

@@ -182,3 +182,66 @@ def test_live_page_draws_the_right_mask_shows_age_and_goes_stale(tmp_path):
         finally:
             tap.close()
     print(f"browser test took {time.monotonic() - t_start:.1f} s")
+
+
+class TaskTap(threading.Thread):
+    """The classifier's label or the detector's boxes per seq, read from the overlay header (not runtime.wire)."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(daemon=True)
+        self.sock = zmq.Context.instance().socket(zmq.SUB)
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"overlay")
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self.by_seq: dict[int, dict] = {}
+        self.stop = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            if self.sock.poll(50):
+                head = json.loads(self.sock.recv_multipart()[1])
+                self.by_seq[head["seq"]] = head
+
+    def close(self) -> None:
+        self.stop.set()
+        self.join(2)
+        self.sock.close()
+
+
+@pytest.mark.parametrize("model, task", [("needle-classifier", "classification"),
+                                         ("ultrasound-detector", "detection")])
+def test_the_page_shows_each_tasks_answer(tmp_path, model, task):
+    """One screenshot per task type (docs/images/web_view_<task>.png with MEDSTREAM_UPDATE_SCREENSHOTS=1)."""
+    with pipeline(tmp_path, stale_ms=STALE_MS, threads=1, model=model) as pipe, headless_chromium() as driver:
+        tap = TaskTap(f"tcp://127.0.0.1:{pipe['ports']['overlays']}")
+        try:
+            driver.get(pipe["url"])
+            try:
+                wait_js(driver, "window.medstreamView && window.medstreamView.seq !== null && "
+                                "!window.medstreamView.stale", 45)
+            except TimeoutError as exc:
+                raise AssertionError(f"{exc}\n{diagnose(driver, pipe)}") from None
+            time.sleep(1.0)
+            seq = driver.execute_script("return window.medstreamView.seq")
+            deadline = time.monotonic() + 5
+            while seq not in tap.by_seq and time.monotonic() < deadline:
+                time.sleep(0.1)
+            head = tap.by_seq[seq]
+            names = [c["name"] for c in head["classes"]]
+            if task == "classification":
+                shown = driver.find_element("id", "label").text
+                # the page names the class the overlay's label (a class id) points at
+                assert head.get("label") is not None and shown.startswith(names[head["label"]]), (shown, head)
+            else:
+                assert "boxes" in head  # the detector's overlay carries boxes (possibly none on a frame)
+                # every class is listed for toggling: a detector's class 0 is a real class, not background
+                listed = driver.execute_script(
+                    "return Array.from(document.querySelectorAll('#classes [id^=class-name-]')).map(e => e.textContent)")
+                assert listed == names, (listed, names)
+            shot = tmp_path / f"web_view_{task}.png"
+            driver.save_screenshot(str(shot))
+            if os.environ.get("MEDSTREAM_UPDATE_SCREENSHOTS") == "1":
+                shutil.copyfile(shot, REPO / "docs" / "images" / f"web_view_{task}.png")
+        finally:
+            tap.close()

@@ -124,7 +124,7 @@
       const ids = new Uint8Array(w * h);
       for (let i = 0; i < ids.length; i++) ids[i] = grey[i * 4];
       state.classIds = ids;
-      updateClasses(ov.classes);
+      updateClasses(ov.classes, ov.task);
       const now = serverNow();
       push(state.agesAtDraw, now - ov.t_capture_ms);
       push(state.publishAges, ov.t_publish_ms - ov.t_capture_ms);
@@ -209,6 +209,16 @@
     }
   }
 
+  // a classifier's label is a class id (docs/WIRE.md): shown by name with its probability
+  function labelText(ov) {
+    if (typeof ov.label === "string") return ov.label;
+    if (Number.isInteger(ov.label) && ov.classes && ov.classes[ov.label]) {
+      const p = Array.isArray(ov.probabilities) ? ov.probabilities[ov.label] : null;
+      return ov.classes[ov.label].name + (Number.isFinite(p) ? ` (${(p * 100).toFixed(0)} %)` : "");
+    }
+    return JSON.stringify(ov.label);
+  }
+
   function text(ctx, s, x, y, color) {
     const m = ctx.measureText(s);
     ctx.fillStyle = "rgba(0,0,0,0.6)";
@@ -218,14 +228,14 @@
   }
 
   // boxes as later tasks may send them: [{xyxy|xywh: [...], label?, class_id?, score?|confidence?}]
-  // or plain arrays [x0, y0, x1, y1, score?, class_id?], all in frame pixels
+  // or plain arrays [x0, y0, x1, y1, class_id, score] as docs/WIRE.md defines them, all in frame pixels
   function normaliseBoxes(boxes) {
     if (!Array.isArray(boxes)) return [];
     const out = [];
     for (const b of boxes.slice(0, 512)) {
       let x0, y0, x1, y1, score = null, classId = null, label = null;
       if (Array.isArray(b) && b.length >= 4) {
-        [x0, y0, x1, y1] = b; if (b.length > 4) score = b[4]; if (b.length > 5) classId = b[5];
+        [x0, y0, x1, y1] = b; if (b.length > 4) classId = b[4]; if (b.length > 5) score = b[5];
       } else if (b && typeof b === "object") {
         if (Array.isArray(b.xyxy) && b.xyxy.length === 4) [x0, y0, x1, y1] = b.xyxy;
         else if (Array.isArray(b.xywh) && b.xywh.length === 4) { [x0, y0] = b.xywh; x1 = x0 + b.xywh[2]; y1 = y0 + b.xywh[3]; }
@@ -239,14 +249,15 @@
     return out;
   }
 
-  function updateClasses(classes) {
-    const key = JSON.stringify(classes);
+  function updateClasses(classes, task) {
+    const key = JSON.stringify([classes, task]);
     if (key === state.classKey) return;
     state.classKey = key; state.classes = classes;
     const box = $("classes");
     box.replaceChildren();
     classes.forEach((c, i) => {
-      if (i === 0) return;   // background is never drawn
+      // class 0 is segmentation's background, never drawn; a detector's or classifier's class 0 is a real class
+      if (i === 0 && (task == null || task === "segmentation")) return;
       const row = document.createElement("label"); row.className = "row";
       const cb = document.createElement("input"); cb.type = "checkbox"; cb.checked = !state.hidden.has(i);
       cb.dataset.classId = String(i); cb.id = "class-" + i;
@@ -264,7 +275,7 @@
   function renderInfo() {
     const ov = state.overlay;
     $("seq").textContent = state.frameSeq == null ? "-" : String(state.frameSeq) + (ov ? "" : " (no overlay)");
-    $("label").textContent = ov && ov.label != null ? (typeof ov.label === "string" ? ov.label : JSON.stringify(ov.label)) : "-";
+    $("label").textContent = ov && ov.label != null ? labelText(ov) : "-";
     $("confidence").textContent = ov && Number.isFinite(ov.confidence) ? ov.confidence.toFixed(3) : "-";
     $("lowconf").hidden = !(ov && ov.low_confidence === true);
     if (ov) setChip("model", ov.model_id || "model ?");
