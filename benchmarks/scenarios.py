@@ -56,6 +56,8 @@ class Settings:
     threads: int = 1
     backend: str = "onnxruntime"        # every scenario's backend (medstream bench --backend)
     precision: str = "auto"             # OpenVINO's precision (--precision); other backends: auto
+    triton_url: str | None = None       # backend triton: the server (medstream bench starts a local one if None)
+    triton_model: str | None = None     # backend triton: the model's name there (default: the contract's model_id)
     rounds: int = 1                     # the whole suite this many times, pooled (benchmarks.pooling)
     round_tag: str = ""                 # "round2": output subfolder of the round being run
     fixed_capacity: float | None = None  # after round 1: every round runs at the same rates
@@ -124,7 +126,7 @@ def floor(s: Settings, runs: int | None = None, duration_s: float | None = None)
     from medstream.runtime.phantom import make_phantom
 
     c = s.contract
-    backend = load_backend(load_model(s.model_path, backend=s.backend, precision=s.precision),
+    backend = load_backend(load_model(s.model_path, backend=s.backend, precision=s.precision, triton=_triton(s)),
                            **_backend_options(s))
     backend.activate()
     pre = backend.make_preprocessor()
@@ -138,8 +140,10 @@ def floor(s: Settings, runs: int | None = None, duration_s: float | None = None)
     deadline = t0 + max(duration_s, 1.0)
     n = 0
     while n < runs and time.perf_counter() < deadline:
+        t_call = time.perf_counter()
         backend.infer(x)
-        ms = backend.last_compute_ms
+        # a remote backend's floor is the whole round trip: that, not the server's compute, bounds one stream
+        ms = (time.perf_counter() - t_call) * 1000 if s.backend == "triton" else backend.last_compute_ms
         hist.record_value(max(1, int(ms * 1000)))
         timeline.append([round(time.perf_counter() - t0, 4), round(ms, 3), 1])
         n += 1
@@ -162,12 +166,25 @@ def _backend_options(s: Settings) -> dict[str, Any]:
         return {"threads": s.threads, "precision": s.precision}
     if s.backend == "tensorrt":
         return {}
+    if s.backend == "triton":
+        return {}
     return {"intra_op_threads": s.threads}
+
+
+def _triton(s: Settings) -> Any:
+    """Backend triton: the server the scenarios use (``None`` for local backends)."""
+    if s.backend != "triton":
+        return None
+    from medstream.runtime.backends.triton_backend import TritonTarget
+
+    return TritonTarget(url=s.triton_url or "", model=s.triton_model)
 
 
 def _run_flags(s: Settings) -> list[str]:
     """``medstream run`` flags for the bench's backend, precision and threads."""
     flags = ["--backend", s.backend, "--threads", str(s.threads)]
+    if s.backend == "triton":
+        flags += ["--triton-url", s.triton_url or ""] + (["--triton-model", s.triton_model] if s.triton_model else [])
     return flags + (["--precision", s.precision] if s.precision != "auto" else [])
 
 
@@ -223,7 +240,7 @@ def pipeline(s: Settings) -> dict[str, Any]:
     rec = Recorder()
     cfg = load_config(None, {"source": f"synthetic://{s.sim_kind}?fps={rate:.3f}&width={w}&height={h}&truth=0",
                              "model": str(s.model_path), "backend": s.backend, "precision": s.precision,
-                             "threads": s.threads,
+                             "threads": s.threads, "triton_url": s.triton_url, "triton_model": s.triton_model,
                              "publish": f"tcp://127.0.0.1:{harness.free_port()}",
                              "inject": {"delay_ms": dict(s.inject_delay_ms)}})
     with build_stream(cfg, observers=[rec]) as pipe:
@@ -261,7 +278,8 @@ def stream(s: Settings, name: str, rate: float, *, engine: str = "medstream", n_
     lanes = []
     # medstream serves several streams from ONE process and one model session (config `streams:`); the
     # naive loop and the relay have no such mode, so they run one process per stream.
-    shared = engine == "medstream" and n_streams > 1
+    # Backend triton: one process per stream, all against the one server (its dynamic batcher does the sharing).
+    shared = engine == "medstream" and n_streams > 1 and s.backend != "triton"
     shared_pub = f"tcp://127.0.0.1:{harness.free_port()}"
     with harness.ProcessGroup(out) as group:
         sims = [f"tcp://127.0.0.1:{harness.free_port()}" for _ in range(n_streams)]

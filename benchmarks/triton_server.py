@@ -234,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.prepare:
         print(f"Triton server environment ready: {prepare(quiet=False)}")
     if args.serve:
+        def _stop(_signum: int, _frame: object) -> None:  # SIGTERM as Ctrl-C: the server is stopped, not orphaned
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, _stop)
         server = LocalTriton(args.serve, grpc_port=args.grpc_port, http_port=args.http_port,
                              log_path=Path(args.serve).resolve().parent / "tritonserver.log")
         with server:

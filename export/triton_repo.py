@@ -171,6 +171,10 @@ def write_triton_repository(model: str | Path, out: str | Path, *, backend: str 
         raise ConfigError(f"--engine is for --backend tensorrt, not {backend}", "drop --engine or use --backend tensorrt")
     resolved = read_model_contract(path, contract)
     assert resolved is not None
+    from medstream.runtime.decoders.validate import check_model_io, model_io_from_onnx
+
+    # the contract as a local run uses it (outputs checked against the graph, "auto" activations resolved)
+    resolved = check_model_io(resolved, model_io_from_onnx(path))
     inputs, outputs = _onnx_io(path)
     dynamic = all(t.shape and t.shape[0] == -1 for t in inputs)
     if max_batch is None:

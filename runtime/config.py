@@ -128,7 +128,8 @@ class PublishSection(_Strict):
 
     endpoints: list[str] = Field(default_factory=lambda: [DEFAULT_PUBLISH], min_length=1, description=
                                  "where overlays and status go, one sink each: a ZeroMQ endpoint the PUB socket "
-                                 "binds (tcp://, ipc://); a single endpoint may be given as text")
+                                 "binds (tcp://, ipc://) or an OpenIGTLink server for 3D Slicer (igtl://HOST:PORT, "
+                                 "docs/IGTLINK.md); a single endpoint may be given as text")
     send_hwm: int = Field(default=4, ge=1, le=10_000, description="overlays queued per slow subscriber before the "
                           "oldest are dropped")
     status_interval_s: float = Field(default=1.0, gt=0, le=1.0, description="status message period (at most 1 s)")

@@ -31,6 +31,10 @@ if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && [ "$(id 
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
     || echo "note: could not install chromium/chromium-driver; the browser test will skip"
 fi
+# A real Triton Inference Server for tests/triton: the nvidia-pytriton wheel's tritonserver in its own cached
+# virtual environment (it pins numpy<2); the tests skip loudly only where the wheel cannot run on this machine.
+python -m medstream.benchmarks.triton_server --prepare \
+  || echo "note: the local Triton server environment could not be prepared; tests/triton will create or skip it"
 set +e
 python -m pytest "$@"
 rc=$?

@@ -8,6 +8,7 @@ Examples: ``medstream bench`` (all scenarios, ultrasound model), ``medstream ben
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import sys
 from pathlib import Path
@@ -32,10 +33,14 @@ def add_arguments(p) -> None:
                    help="inference threads for the floor, medstream run and the naive loop "
                         "(default: every usable core, as medstream run uses)")
     p.add_argument("--backend", default="onnxruntime",
-                   choices=["onnxruntime", "openvino", "onnxruntime-cuda", "tensorrt", "auto"],
+                   choices=["onnxruntime", "openvino", "onnxruntime-cuda", "tensorrt", "auto", "triton"],
                    help="the backend every scenario runs (floor, pipeline, glass, overload, streams; the naive loop "
                         "too for onnxruntime and openvino); default onnxruntime. Results go to "
                         "benchmarks/results/<model>-<backend> unless it is onnxruntime")
+    p.add_argument("--triton-url", default=None,
+                   help="--backend triton: the server (default: a local CPU Triton on loopback, started for the run "
+                        "from the nvidia-pytriton wheel with a python-onnxruntime repository; docs/TRITON.md)")
+    p.add_argument("--triton-model", default=None, help="--backend triton: the model's name on the server")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "int8"],
                    help="OpenVINO precision (docs/CPU.md); default auto")
     p.add_argument("--rounds", type=int, default=3,
@@ -89,8 +94,10 @@ def main(args) -> int:
                else results_root / (Path(model).stem + tag))
         s = Settings(model=model, model_path=path, out_dir=out, duration_s=args.duration, rate=args.rate,
                      overload_rate=args.overload_rate, streams=args.streams, threads=threads, warmup_s=args.warmup,
-                     rounds=args.rounds, backend=args.backend, precision=args.precision)
-        results = run_scenarios(s, names)
+                     rounds=args.rounds, backend=args.backend, precision=args.precision,
+                     triton_url=args.triton_url, triton_model=args.triton_model)
+        with _local_triton(s):  # backend triton without --triton-url: a local server for the run
+            results = run_scenarios(s, names)
         settings = {"scenarios": names, "duration_s": s.duration_s, "warmup_s": s.warmup_s, "threads": threads,
                     "backend": s.backend, "precision": s.precision,
                     "threads_choice": "given" if args.threads else "default: every usable core", "rounds": s.rounds,
@@ -111,6 +118,27 @@ def main(args) -> int:
         md_path.write_text(md)
         print(f"wrote {md_path}")
     return 0
+
+
+@contextlib.contextmanager
+def _local_triton(s):
+    """Backend triton without ``--triton-url``: serve the model from a local CPU Triton (loopback) for the run."""
+    if s.backend != "triton" or s.triton_url:
+        yield
+        return
+    import subprocess
+    import tempfile
+
+    from medstream.benchmarks.triton_server import LocalTriton
+
+    with tempfile.TemporaryDirectory(prefix="medstream-bench-triton-") as tmp:  # no model copy in the results
+        repo = Path(tmp) / "repo"
+        subprocess.run([sys.executable, "-m", "medstream.cli.main", "--log-level", "WARNING", "triton-repo",
+                        "--model", str(s.model_path), "--out", str(repo), "--backend", "python-onnxruntime"],
+                       check=True, stdout=subprocess.DEVNULL)
+        with LocalTriton(repo, log_path=Path(tmp) / "tritonserver.log") as server:
+            s.triton_url = server.grpc_url
+            yield
 
 
 def _rel(path: Path, base: Path) -> str:

@@ -47,6 +47,7 @@ PURPOSE: dict[str, str] = {
     "websockets": "web view: WebSocket protocol for uvicorn (web extra)",
     "pyigtl": "OpenIGTLink messages for igtl:// in and out, PLUS and 3D Slicer (igtl extra)",
     "pycocotools": "COCO detection AP (AP@0.5, AP@0.5:0.95) in evaluate and the INT8 gate (eval extra)",
+    "tritonclient": "client of a remote Triton Inference Server: --backend triton, medstream triton-repo (triton extra)",
     "selenium": "browser test of the web view (dev extra, not shipped)",
 }
 #: Licences declared upstream, used when a package is not installed here.

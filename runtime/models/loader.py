@@ -321,8 +321,17 @@ def load_remote_model(model: str | Path, *, contract: dict[str, Any] | None, sha
             raise ConfigError("model.sha256 pins a local model file, but --model triton has none",
                               "drop model.sha256, or give the local file with --model M.onnx")
         embedded, recorded = fetch_repository_contract(target)
-        resolved = resolve_contract(ModelContract.model_validate(embedded) if embedded else None, contract,
-                                    f"{target.describe()} (config.pbtxt)")
+        where = f"{target.describe()} (config.pbtxt)"
+        try:  # as written by triton-repo: already checked against the model's graph there
+            served = ModelContract.model_validate(embedded)
+            # triton-repo stores the contract as a local run uses it (activations resolved against the graph, which
+            # validation would count as version-2 use): keep the version it was written with
+            if isinstance(embedded.get("contract_version"), int):
+                served = served.model_copy(update={"contract_version": embedded["contract_version"]})
+        except Exception as exc:
+            raise ContractError(f"the contract in {where} is invalid: {str(exc)[:300]}",
+                                "rewrite the repository with 'medstream triton-repo'") from None
+        resolved = resolve_contract(served, contract, where) if contract else served
         pseudo = Path(f"triton:{target.model}")
         return LoadedModel(requested=str(model), path=pseudo, run_path=pseudo, variant=REPOSITORY_VARIANT,
                            contract=resolved, backend="triton", backend_reason=reason, remote=target,

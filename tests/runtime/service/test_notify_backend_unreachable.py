@@ -42,44 +42,45 @@ def _status(backend_state: str, source_state: str = "live") -> dict:
             backend_state != "ready" else None, "counters": {}, "latency_ms": {}}
 
 
-def _loop(obs: NotifyObserver, outcome: str | None, seconds: float = 0.08) -> None:
-    """The worker: a frame (or an idle wait) then on_progress, for ``seconds``."""
+def _loop(obs: NotifyObserver, pings, outcome: str | None, seconds: float = 0.08) -> int:
+    """The worker: a frame (or an idle wait) then on_progress, for ``seconds``; the WATCHDOG=1 pings systemd got.
+
+    The socket is read as the loop goes: a datagram socket's queue is short (10 by default) and a full one would
+    block the sender, as a systemd that stopped reading would.
+    """
     end = time.monotonic() + seconds
+    n = 0
     while time.monotonic() < end:
         if outcome:
             obs.on_frame(outcome, None, {})
         obs.on_progress()
+        n += pings()
         time.sleep(0.003)
+    return n + pings()
 
 
 def test_no_watchdog_while_the_backend_is_unreachable_and_frames_arrive(systemd):
     obs, pings = systemd
-    _loop(obs, "processed")
-    assert pings() >= 3  # healthy: fed
+    assert _loop(obs, pings, "processed") >= 3  # healthy: fed
 
     obs.on_status(_status("unreachable"))
-    _loop(obs, "backend_error")
-    pings()  # at most the one ping still inside the last frame's window
-    _loop(obs, "backend_error")
-    assert pings() == 0  # the worker loops, but no overlay can be made: systemd must see it
+    _loop(obs, pings, "backend_error", 0.03)  # at most the one ping still inside the last frame's window
+    assert _loop(obs, pings, "backend_error") == 0  # the worker loops, but no overlay can be made
 
     obs.on_frame("processed", None, {})  # the server is back: the first overlay feeds it again
-    _loop(obs, "processed")
-    assert pings() >= 3
+    assert _loop(obs, pings, "processed") >= 3
 
 
 def test_an_idle_source_still_feeds_the_watchdog_while_the_backend_is_down(systemd):
     obs, pings = systemd
     obs.on_status(_status("unreachable", source_state="stalled"))
-    _loop(obs, None, 0.2)
-    assert pings() >= 3  # nothing to make an overlay of: not a reason to restart
+    assert _loop(obs, pings, None, 0.2) >= 3  # nothing to make an overlay of: not a reason to restart
 
 
 def test_a_failing_but_reachable_backend_is_not_an_outage(systemd):
     obs, pings = systemd
     obs.on_status(_status("failing"))
-    _loop(obs, "backend_error", 0.2)
-    assert pings() >= 3  # one bad request at a time is counted per frame; the service is not restarted for it
+    assert _loop(obs, pings, "backend_error", 0.2) >= 3  # one bad request at a time is counted per frame; the service is not restarted for it
 
 
 def test_the_status_line_says_the_backend_is_unreachable():
