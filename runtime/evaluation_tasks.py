@@ -80,8 +80,25 @@ def classification_scores(conf: np.ndarray) -> dict[str, Any]:
             "precision": precision, "recall": recall, "f1": f1}
 
 
+class _ReportText:
+    """What every task report prints and serialises the same way (the fields are the dataclasses' own)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def _header(self, answers: str) -> list[str]:
+        r: Any = self
+        return [f"model    {r.model_id}  ({r.model_path}, sha256 {r.model_sha256[:12]}...)",
+                f"data     {r.data_uri}  ({r.frames} frames; {answers} by truth rule {r.truth_rule})",
+                f"backend  {r.backend.get('backend', '?')} on {r.backend.get('device', '?')}, "
+                f"{r.compute_ms_per_frame:.1f} ms/frame compute", ""]
+
+
 @dataclass
-class ClassificationReport:
+class ClassificationReport(_ReportText):
     """What :func:`evaluate_task` measured on a classifier; ``to_table()`` for people, ``to_json()`` for machines."""
 
     model_path: str
@@ -120,18 +137,9 @@ class ClassificationReport:
         raise ConfigError(f"no classification metric {name!r}",
                           f"use accuracy, balanced_accuracy, macro_f1 or f1:/precision:/recall: with {self.classes}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
-
     def to_table(self) -> str:
         width = max(12, *(len(c) + 2 for c in self.classes))
-        lines = [f"model    {self.model_id}  ({self.model_path}, sha256 {self.model_sha256[:12]}...)",
-                 f"data     {self.data_uri}  ({self.frames} frames; labels by truth rule {self.truth_rule})",
-                 f"backend  {self.backend.get('backend', '?')} on {self.backend.get('device', '?')}, "
-                 f"{self.compute_ms_per_frame:.1f} ms/frame compute", "",
+        lines = [*self._header("labels"),
                  f"{'class':<{width}}{'precision':>10}{'recall':>10}{'F1':>10}{'frames':>8}"]
         for i, c in enumerate(self.classes):
             lines.append(f"{c:<{width}}{_f(self.precision[i], 10)}{_f(self.recall[i], 10)}{_f(self.f1[i], 10)}"
@@ -236,7 +244,7 @@ def operating_point(eval_images: list[Any], n_classes: int, score_threshold: flo
 
 
 @dataclass
-class DetectionReport:
+class DetectionReport(_ReportText):
     """What :func:`evaluate_task` measured on a detector."""
 
     model_path: str
@@ -278,18 +286,9 @@ class DetectionReport:
             return getattr(self, f"per_class_{kind}")[self.classes.index(cls)]
         raise ConfigError(f"no detection metric {name!r}", f"use ap50, ap50_95, ar100 or ap50:/ap50_95: with {self.classes}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
-
     def to_table(self) -> str:
         width = max(12, *(len(c) + 2 for c in self.classes))
-        lines = [f"model    {self.model_id}  ({self.model_path}, sha256 {self.model_sha256[:12]}...)",
-                 f"data     {self.data_uri}  ({self.frames} frames; boxes by truth rule {self.truth_rule})",
-                 f"backend  {self.backend.get('backend', '?')} on {self.backend.get('device', '?')}, "
-                 f"{self.compute_ms_per_frame:.1f} ms/frame compute", "",
+        lines = [*self._header("boxes"),
                  f"{'class':<{width}}{'AP@0.5':>9}{'AP@.5:.95':>11}{'boxes':>7}"
                  f"{'P@thr':>9}{'R@thr':>9}   (P/R: IoU 0.5, score >= {self.score_threshold:g})"]
         for i, c in enumerate(self.classes):

@@ -84,11 +84,7 @@ def main(args) -> int:
     sub.connect(args.connect)
     frames_source = _open_frames(args.frames_from)
     frames: dict[int, object] = {}
-    writer = None
-    save_dir = None
-    if args.save and (args.save.endswith("/") or Path(args.save).is_dir()):
-        save_dir = Path(args.save)
-        save_dir.mkdir(parents=True, exist_ok=True)
+    output = _RenderedOutput(cv2, args.save, _save_dir(args.save), args.fps)
     shown, low, last = 0, 0, time.monotonic()
     try:
         while args.count is None or shown < args.count:
@@ -124,22 +120,10 @@ def main(args) -> int:
             image = draw_overlay(frames.pop(overlay.seq, None), overlay, latency_ms=age_ms)
             shown += 1
             low += bool(overlay.low_confidence)
-            if save_dir is not None:
-                cv2.imwrite(str(save_dir / f"{overlay.seq:08d}.png"), image)
-            elif args.save:
-                if writer is None:
-                    fourcc = cv2.VideoWriter_fourcc(*("mp4v" if args.save.endswith(".mp4") else "MJPG"))
-                    writer = cv2.VideoWriter(args.save, fourcc, args.fps, (image.shape[1], image.shape[0]))
-                    if not writer.isOpened():
-                        raise ConfigError(f"cannot write video {args.save}", "use a .avi/.mp4 path in a writable folder, or a folder/")
-                writer.write(image)
-            else:
-                cv2.imshow("medstream", image)
-                if cv2.waitKey(1) & 0xFF in (27, ord("q")):
-                    break
+            if not output.emit(image, overlay.seq):
+                break
     finally:
-        if writer is not None:
-            writer.release()
+        output.close()
         sub.close()
         if frames_source is not None:
             frames_source.close()
@@ -175,10 +159,7 @@ def main_igtl(args) -> int:
         frames_source = open_source(uri)
         frames_source.open()
     frames: dict[int, object] = {}  # by capture time: OpenIGTLink carries no seq, the timestamp is shared
-    writer, save_dir = None, None
-    if args.save and (args.save.endswith("/") or Path(args.save).is_dir()):
-        save_dir = Path(args.save)
-        save_dir.mkdir(parents=True, exist_ok=True)
+    output = _RenderedOutput(cv2, args.save, _save_dir(args.save), args.fps)
     shown, last = 0, time.monotonic()
     receiver = OverlayReceiver(host, port, device=device)
     try:
@@ -205,23 +186,11 @@ def main_igtl(args) -> int:
             image = draw_overlay(frames.pop(overlay.t_capture_ns, None), overlay,
                                  latency_ms=(now_ns() - overlay.t_capture_ns) / 1e6)
             shown += 1
-            if save_dir is not None:
-                cv2.imwrite(str(save_dir / f"{shown:08d}.png"), image)
-            elif args.save:
-                if writer is None:
-                    fourcc = cv2.VideoWriter_fourcc(*("mp4v" if args.save.endswith(".mp4") else "MJPG"))
-                    writer = cv2.VideoWriter(args.save, fourcc, args.fps, (image.shape[1], image.shape[0]))
-                    if not writer.isOpened():
-                        raise ConfigError(f"cannot write video {args.save}", "use a .avi/.mp4 path in a writable folder, or a folder/")
-                writer.write(image)
-            else:
-                cv2.imshow("medstream", image)
-                if cv2.waitKey(1) & 0xFF in (27, ord("q")):
-                    break
+            if not output.emit(image, shown):
+                break
     finally:
         receiver.close()
-        if writer is not None:
-            writer.release()
+        output.close()
         if frames_source is not None:
             frames_source.close()
     print(f"received {shown} label maps over OpenIGTLink" + (f", saved to {args.save}" if args.save else ""))
@@ -255,6 +224,47 @@ def _take_frames(source, frames: dict[int, object], source_error: type, wire_err
         frames[getattr(frame, key)] = frame.image.copy()
         while len(frames) > 64:
             frames.pop(next(iter(frames)))
+
+
+def _save_dir(save: str | None) -> Path | None:
+    """``--save DIR/`` (or an existing folder): PNGs go there, created if needed."""
+    if save and (save.endswith("/") or Path(save).is_dir()):
+        Path(save).mkdir(parents=True, exist_ok=True)
+        return Path(save)
+    return None
+
+
+class _RenderedOutput:
+    """Where rendered overlays go: a folder of PNGs, a video file, or a window (one place for both wires)."""
+
+    def __init__(self, cv2, save: str | None, save_dir: Path | None, fps: float) -> None:
+        self.cv2, self.save, self.save_dir, self.fps = cv2, save, save_dir, fps
+        self.writer = None
+
+    def emit(self, image, number: int) -> bool:
+        """Write or show ``image``; ``False`` when the user closed the window (q or Esc)."""
+        cv2 = self.cv2
+        if self.save_dir is not None:
+            cv2.imwrite(str(self.save_dir / f"{number:08d}.png"), image)
+        elif self.save:
+            if self.writer is None:
+                from medstream.runtime.errors import ConfigError
+
+                fourcc = cv2.VideoWriter_fourcc(*("mp4v" if self.save.endswith(".mp4") else "MJPG"))
+                self.writer = cv2.VideoWriter(self.save, fourcc, self.fps, (image.shape[1], image.shape[0]))
+                if not self.writer.isOpened():
+                    raise ConfigError(f"cannot write video {self.save}",
+                                      "use a .avi/.mp4 path in a writable folder, or a folder/")
+            self.writer.write(image)
+        else:
+            cv2.imshow("medstream", image)
+            if cv2.waitKey(1) & 0xFF in (27, ord("q")):
+                return False
+        return True
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
 
 
 def _has_gui(cv2) -> bool:
