@@ -139,8 +139,10 @@ def test_live_page_draws_the_right_mask_shows_age_and_goes_stale(tmp_path):
             age2 = driver.find_element("id", "age").text
             assert seq2 > seq1, "the frame seq did not advance"
             assert age1.endswith(" ms") and age2.endswith(" ms") and float(age2.split()[0]) < STALE_MS
-            assert driver.find_element("id", "seq").text.startswith(str(driver.execute_script(
-                "return window.medstreamView.frameSeq")))
+            # the seq shown is the frame drawn: read both in one script (the page moves on between two calls)
+            shown, drawn = driver.execute_script(
+                "return [document.getElementById('seq').textContent, String(window.medstreamView.frameSeq)]")
+            assert shown.startswith(drawn), (shown, drawn)
             fps = driver.find_element("id", "fps").text
             assert "/" in fps and float(fps.split("/")[0]) > 5, fps
             assert driver.find_element("id", "source-state").text == "source live"
