@@ -21,15 +21,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from medstream.runtime.accounting import LatencyStats
 from medstream.runtime.backends.base import Backend
-from medstream.runtime.decoders import make_decoder, refine, uses_argmax
-from medstream.runtime.errors import MedstreamError, ModelLoadError
+from medstream.runtime.decoders import make_decoder, uses_argmax
+from medstream.runtime.errors import MedstreamError
 from medstream.runtime.frame import Frame, Overlay
 from medstream.runtime.preprocess import FrameMismatch
 from medstream.runtime.render import rgba_mask
+from medstream.runtime.stream.warmup import warm_up_and_refine
 
 log = logging.getLogger("medstream.pipeline")
 
@@ -72,18 +71,7 @@ class ModelHead:
             self.pres[index] = pre
         post = self.backend.make_postprocessor() if uses_argmax(self.contract) else None
         self.decoder = make_decoder(self.contract, postprocessor=post, low_confidence_below=self.low_confidence_below)
-        shape = self.backend.input_shape()
-        dtype = {"float16": np.float16, "uint8": np.uint8}.get(self.contract.input.dtype, np.float32)
-        try:
-            if warmup_runs > 1:
-                self.backend.warm_up(warmup_runs - 1)
-            outputs = self.backend.infer({self.contract.input.name: np.zeros(shape, dtype)})
-        except Exception as exc:
-            reason = exc.what if isinstance(exc, MedstreamError) else f"{type(exc).__name__}: {exc}"
-            raise ModelLoadError(f"additional model {self.backend.model_path} failed its warm-up inference on zeros "
-                                 f"of shape {list(shape)}: {reason.splitlines()[0][:300]}",
-                                 "check that model's contract.input against the model") from None
-        self.decoder = refine(self.decoder, outputs)
+        self.decoder = warm_up_and_refine(self.backend, self.decoder, max(1, warmup_runs), what="additional model")
 
     def run(self, lane_index: int, roi: tuple[int, int, int, int] | None, frame: Frame, source_id: str,
             render_rgba: bool) -> tuple[Overlay | None, str | None]:

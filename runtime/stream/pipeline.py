@@ -41,8 +41,8 @@ from medstream.runtime import accounting as acc
 from medstream.runtime.accounting import FrameAccounting
 from medstream.runtime.backends.base import Backend
 from medstream.runtime.config import InjectConfig
-from medstream.runtime.decoders import make_decoder, refine, uses_argmax
-from medstream.runtime.errors import BackendError, BackendUnavailable, MedstreamError, ModelLoadError
+from medstream.runtime.decoders import make_decoder, uses_argmax
+from medstream.runtime.errors import BackendError, BackendUnavailable
 from medstream.runtime.frame import Frame, Overlay, now_ns
 from medstream.runtime.mailbox import LatestSlots
 from medstream.runtime.observers import PipelineObserver
@@ -54,6 +54,7 @@ from medstream.runtime.stream.heads import ModelHead
 from medstream.runtime.stream.injection import InjectingBackend, delayed
 from medstream.runtime.stream.receiver import Receiver
 from medstream.runtime.stream.status import ENDED, STOPPED, RateMeter, StreamStatus
+from medstream.runtime.stream.warmup import warm_up_and_refine
 
 log = logging.getLogger("medstream.pipeline")
 
@@ -349,8 +350,6 @@ class Pipeline:
 
     def _process_batch(self, ready: list[tuple[int, Frame]]) -> None:
         """Frames of several streams through one inference (the model's batch axis is dynamic)."""
-        import numpy as np
-
         t0 = time.perf_counter_ns()
         items, inputs = [], []
         for index, frame in ready:
@@ -435,28 +434,9 @@ class Pipeline:
         )
 
     def _warm_up(self, runs: int) -> None:
-        """Warm the backend up on zeros of the contract's input size and dtype, then check the real output
-        shapes against the contract (dynamic axes are concrete now) and pick the decoder they call for.
-
-        A failure here is the model's or the contract's, not a frame's: it is refused with what was fed.
-        """
-        contract = self.backend.contract
-        shape = self.backend.input_shape()
-        dtype = {"float16": np.float16, "uint8": np.uint8}.get(contract.input.dtype, np.float32)
-        inner = getattr(self.backend, "inner", self.backend)  # warm-up bypasses fault injection
-        try:
-            if runs > 1:
-                inner.warm_up(runs - 1)
-            outputs = inner.infer({contract.input.name: np.zeros(shape, dtype)})
-        except Exception as exc:
-            reason = exc.what if isinstance(exc, MedstreamError) else f"{type(exc).__name__}: {exc}"
-            raise ModelLoadError(
-                f"model {self.backend.model_path} failed its warm-up inference, before any frame, on zeros of "
-                f"shape {list(shape)} {np.dtype(dtype).name} (contract input {contract.input.height}x"
-                f"{contract.input.width} {contract.input.layout}): {reason.splitlines()[0][:300]}",
-                "check contract.input (height, width, layout, dtype) against the model: models with dynamic "
-                "sizes often need sides that are multiples of 32") from None
-        self.decoder = refine(self.decoder, outputs)
+        """Warm up on zeros (bypassing fault injection) and pick the decoder the real outputs call for."""
+        inner = getattr(self.backend, "inner", self.backend)
+        self.decoder = warm_up_and_refine(inner, self.decoder, runs)
 
     def _backend_failed(self, lane: Lane, frame: Frame, exc: Exception) -> None:
         state = "unreachable" if isinstance(exc, BackendUnavailable) else "failing"
@@ -517,8 +497,8 @@ class Pipeline:
 
     def _sink_counts(self) -> dict[str, Any]:
         """Per-output counts when there are several outputs (one slow consumer shows, the others do not hide it)."""
-        sinks = getattr(self.publisher, "sinks", None)
-        if not sinks or len(sinks) < 2:
+        sinks = self.publisher.sinks
+        if len(sinks) < 2:
             return {}
         return {"sinks": [{"endpoint": s.bound_endpoint, "sent": s.sent, "failed": s.failed} for s in sinks]}
 

@@ -3,20 +3,18 @@ several streams batched into one inference when the model's batch axis is dynami
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
 import onnx
 import pytest
-import zmq
 
 from medstream.runtime.config import load_config
 from medstream.runtime.errors import ConfigError
 from medstream.runtime.mailbox import LatestSlots
 from medstream.runtime.stream import build_stream
-from medstream.runtime.wire import decode_overlay, decode_status
 from tests.fixtures.models import intensity_classifier, save, tiny_contract
+from tests.runtime.stream._subscriber import Subscriber
 
 
 @pytest.fixture(scope="module")
@@ -37,34 +35,6 @@ def _streams_cfg(model, endpoint, uris, dynamic: bool, **extra):
                               "streams": [{"uri": u, "id": f"probe-{i}"} for i, u in enumerate(uris)], **extra})
 
 
-class _Sub:
-    def __init__(self, endpoint: str, topic: bytes) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.SUB)
-        self.sock.setsockopt(zmq.SUBSCRIBE, topic)
-        self.sock.setsockopt(zmq.RCVHWM, 100_000)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
-        self.topics, self.overlays, self.statuses = [], [], []
-        self._stop = threading.Event()
-        self.t = threading.Thread(target=self._loop, daemon=True)
-        self.t.start()
-
-    def _loop(self):
-        while not self._stop.is_set():
-            if self.sock.poll(20):
-                parts = self.sock.recv_multipart()
-                self.topics.append(parts[0])
-                if parts[0].startswith(b"overlay"):
-                    self.overlays.append(decode_overlay(parts))
-                else:
-                    self.statuses.append(decode_status(parts))
-
-    def close(self):
-        self._stop.set()
-        self.t.join(2)
-        self.sock.close()
-
-
 def _run(pipe, subs):
     pipe.prepare()
     deadline = time.monotonic() + 5
@@ -79,8 +49,8 @@ def _run(pipe, subs):
 def test_each_stream_gets_its_own_overlays_accounting_status_and_topic(dynamic_batch_model, endpoint, dynamic):
     uris = [f"synthetic://ultrasound?fps=40&width=64&height=64&frames=20&seed={i}" for i in range(3)]
     cfg = _streams_cfg(dynamic_batch_model, endpoint, uris, dynamic, batch_wait_ms=5)
-    every, one = _Sub(endpoint, b"overlay"), _Sub(endpoint, b"overlay/probe-1")
-    status_sub = _Sub(endpoint, b"status")
+    every, one = Subscriber(endpoint, b"overlay"), Subscriber(endpoint, b"overlay/probe-1")
+    status_sub = Subscriber(endpoint, b"status")
     try:
         with build_stream(cfg) as pipe:
             assert pipe.max_batch == (3 if dynamic else 1)
@@ -115,8 +85,8 @@ def test_a_batched_mask_equals_the_mask_of_the_same_frame_alone(dynamic_batch_mo
     """Batching must not change a single pixel: the batched overlays equal a reference decode of each frame."""
     uris = [f"synthetic://ultrasound?fps=30&width=64&height=64&frames=10&seed={i}" for i in range(2)]
     cfg = _streams_cfg(dynamic_batch_model, endpoint, uris, True, batch_wait_ms=20)
-    sub = _Sub(endpoint, b"overlay")
-    status_sub = _Sub(endpoint, b"status")
+    sub = Subscriber(endpoint, b"overlay")
+    status_sub = Subscriber(endpoint, b"status")
     try:
         with build_stream(cfg) as pipe:
             _run(pipe, [status_sub])

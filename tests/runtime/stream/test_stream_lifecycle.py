@@ -3,7 +3,6 @@ in source-frame coordinates with a region of interest. Real sockets, real ONNX R
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
@@ -15,38 +14,12 @@ from medstream.runtime.frame import Contour, Overlay
 from medstream.runtime.render import draw_overlay
 from medstream.runtime.stream import StreamStatus, build_stream
 from medstream.runtime.stream.injection import InjectingBackend
-from medstream.runtime.wire import decode_overlay, decode_status
+from tests.runtime.stream._subscriber import Subscriber
 
 
 def _cfg(tiny_model, endpoint, source, **extra):
     return load_config(None, {"source": source, "model": str(tiny_model), "publish": endpoint,
                               "backend": "onnxruntime", "threads": 1, "warmup_runs": 0, **extra})
-
-
-class _Listener:
-    def __init__(self, endpoint: str) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.SUB)
-        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self.sock.setsockopt(zmq.RCVHWM, 100_000)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
-        self.overlays: list[Overlay] = []
-        self.statuses: list[dict] = []
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            if self.sock.poll(20):
-                parts = self.sock.recv_multipart()
-                (self.overlays.append(decode_overlay(parts)) if parts[0] == b"overlay"
-                 else self.statuses.append(decode_status(parts)))
-
-    def close(self) -> None:
-        self._stop.set()
-        self.thread.join(2)
-        self.sock.close()
 
 
 def _run_until_source_ends(pipe, listener):
@@ -90,7 +63,7 @@ def test_the_pipeline_closes_everything_it_owns_in_order(tiny_model, endpoint):
 
 
 def test_a_finished_source_ends_the_stream_with_a_final_status_that_says_so(tiny_model, endpoint):
-    listener = _Listener(endpoint)
+    listener = Subscriber(endpoint)
     try:
         with build_stream(_cfg(tiny_model, endpoint, "synthetic://ultrasound?fps=60&width=64&height=64&frames=5")) as pipe:
             summary = _run_until_source_ends(pipe, listener)
@@ -126,7 +99,7 @@ def test_injection_wraps_the_backend_only_when_configured(tiny_model, endpoint):
 
 def test_with_a_roi_overlays_stay_in_source_frame_coordinates(tiny_model, endpoint):
     roi = (40, 24, 64, 64)  # a 64x64 window of a 160x120 frame: the model (64x64) sees only this
-    listener = _Listener(endpoint)
+    listener = Subscriber(endpoint)
     try:
         cfg = _cfg(tiny_model, endpoint, "synthetic://ultrasound?fps=60&width=160&height=120&frames=6", roi=list(roi))
         with build_stream(cfg) as pipe:
