@@ -200,14 +200,6 @@ def replace_section(text: str, section: str) -> str:
     return text.rstrip("\n") + "\n\n" + section
 
 
-def keep_section(old: str, new: str) -> str:
-    """For ``medstream bench --results-md``: carry the backend section of ``old`` into the regenerated ``new``."""
-    if BEGIN in old and END in old:
-        section = BEGIN + old.partition(BEGIN)[2].partition(END)[0] + END + "\n"
-        return replace_section(new, section)
-    return new
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     from medstream.runtime.backends.onnxruntime_backend import default_threads
     from medstream.runtime.models.loader import resolve_model_file

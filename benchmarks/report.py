@@ -361,6 +361,24 @@ def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     return {"json": out_dir / "report.json", "markdown": out_dir / "report.md", **{p.stem: p for p in pngs}}
 
 
+#: Everything after this line in ``benchmarks/RESULTS.md`` is written by other commands (OpenIGTLink, CPU backends,
+#: Triton; each section names its own); ``medstream bench --results-md`` regenerates what is above it and keeps the rest.
+KEPT_MARK = ("<!-- KEPT SECTIONS: below this line each section names the command that wrote it; "
+             "`medstream bench --results-md` keeps them as they are -->")
+
+
+def keep_other_sections(old: str, new: str) -> str:
+    """``new`` (the regenerated reports) followed by what ``old`` holds after :data:`KEPT_MARK`.
+
+    Why: the bench regenerates its own part of RESULTS.md, but the OpenIGTLink, CPU-backend and Triton sections come
+    from other commands that take minutes and, for Triton, a server; a regeneration must not silently drop them.
+    Without the mark in ``old`` nothing is kept (the file is new, or was written before the mark existed).
+    """
+    if KEPT_MARK not in old:
+        return new
+    return new.rstrip("\n") + "\n\n" + KEPT_MARK + old.partition(KEPT_MARK)[2]
+
+
 def results_markdown(reports: list[tuple[dict[str, Any], str]], command: str) -> str:
     """``benchmarks/RESULTS.md``: every model's report, generated (never typed by hand)."""
     parts = [

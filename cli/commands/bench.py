@@ -70,6 +70,7 @@ def main(args) -> int:
         default_threads,
         run_scenarios,
     )
+    from medstream.runtime.files import write_text_atomic
     from medstream.runtime.models.loader import resolve_model_file
 
     names = args.scenarios or list(DEFAULT_SCENARIOS)
@@ -111,11 +112,9 @@ def main(args) -> int:
     if args.results_md:
         md_path = results_root.parent / "RESULTS.md"
         md = rep.results_markdown([(r, f"{_rel(o, md_path.parent)}/") for r, o in written], RESULTS_MD_COMMAND)
-        from medstream.benchmarks.backend_table import keep_section
-
-        # the CPU backend table (python -m medstream.benchmarks.backend_table --results-md) is kept as it was
-        md = keep_section(md_path.read_text(encoding="utf-8") if md_path.is_file() else "", md)
-        md_path.write_text(md)
+        # the sections other commands wrote (OpenIGTLink, CPU backends, Triton) are kept as they were
+        old = md_path.read_text(encoding="utf-8") if md_path.is_file() else ""
+        write_text_atomic(md_path, rep.keep_other_sections(old, md))
         print(f"wrote {md_path}")
     return 0
 

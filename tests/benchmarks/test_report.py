@@ -106,3 +106,28 @@ def test_markdown_shows_every_round():
     assert "| 1 | 5.00 | 6.00 | 1.00 | 6.00 | 9.00 | 3.00 | 7.00 | - |" in md
     assert "| 2 | 7.00 | 7.50 | 0.50 | 8.00 | 8.50 | 0.50 | - | 12.00 |" in md
     assert "Where glass p50 - floor p50 (1.50 ms) goes" in md
+
+
+def test_regenerating_results_md_keeps_the_sections_other_commands_wrote():
+    """`medstream bench --results-md` rewrites its own reports; the OpenIGTLink/backend/Triton sections stay."""
+    old_generated = rep.results_markdown([(_report(), "results/ultrasound/")], "medstream bench --results-md")
+    kept = ("\n\n## Triton Inference Server (issue 17)\n\nWritten by `python -m medstream.benchmarks.triton_roundtrip`."
+            "\n\n<!-- BEGIN backend table (benchmarks/backend_table.py) -->\n| row |\n<!-- END backend table -->\n")
+    old = old_generated + "\n\n" + rep.KEPT_MARK + kept
+    new_generated = rep.results_markdown([(_report(scale=2.0), "results/ultrasound/")], "medstream bench --results-md")
+    assert new_generated != old_generated
+    merged = rep.keep_other_sections(old, new_generated)
+    assert merged.startswith(new_generated.rstrip("\n"))
+    assert merged.endswith(rep.KEPT_MARK + kept)
+    assert merged.count(rep.KEPT_MARK) == 1 and merged.count("# Benchmark results") == 1
+    # Regenerating again changes nothing further; a file without the mark keeps nothing (nothing to tell apart).
+    assert rep.keep_other_sections(merged, new_generated) == merged
+    assert rep.keep_other_sections(old_generated, new_generated) == new_generated
+
+
+def test_the_committed_results_md_marks_where_the_kept_sections_start():
+    text = (Path(__file__).resolve().parents[2] / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8")
+    head, mark, tail = text.partition(rep.KEPT_MARK)
+    assert mark, "benchmarks/RESULTS.md lost its KEPT SECTIONS mark: the next --results-md would drop the sections below it"
+    assert "## OpenIGTLink" in tail and "## Triton Inference Server" in tail and "## CPU backends side by side" in tail
+    assert "## OpenIGTLink" not in head
