@@ -508,8 +508,12 @@ def run_scenarios(s: Settings, names: list[str]) -> dict[str, dict[str, Any]]:
     pooled, capacity is recomputed from the pooled floor, and ``rounds`` in the floor's result keeps
     every round's p50 and p99 of every scenario.
     """
-    for folder in _FOLDERS:  # one scenario's logs and samples, never a mix of this run's and an older one's
-        shutil.rmtree(s.out_dir / folder, ignore_errors=True)
+    # One scenario's logs and samples, never a mix of this run's and an older one's; only the scenarios of this run
+    # (`medstream bench igtl` into the default folder must not delete the glass or naive logs a report links to).
+    this_run = set(names) | ({"naive_overload"} if "naive" in names else set())
+    for folder in _FOLDERS:
+        if folder in this_run:
+            shutil.rmtree(s.out_dir / folder, ignore_errors=True)
     if s.rounds <= 1:
         return _run_once(s, names)
     names = list(dict.fromkeys(["floor", *names]))

@@ -115,8 +115,12 @@ def test_rounds_run_the_list_floor_first_and_pool_every_sample(tiny_model, tmp_p
     stale = tmp_path / "glass" / "run.log"
     stale.parent.mkdir(parents=True)
     stale.write_text("an older run's log")
+    other = tmp_path / "naive" / "round1" / "naive.log"  # a scenario this run does not measure
+    other.parent.mkdir(parents=True)
+    other.write_text("the naive run a committed report links to")
     results = run_scenarios(s, ["glass"])
     assert not stale.exists(), "an older run's files must not sit beside the new rounds"
+    assert other.read_text() == "the naive run a committed report links to", "only this run's scenarios are cleared"
     fl, gl = results["floor"], results["glass"]
     per_round = fl["rounds"]
     assert [r["round"] for r in per_round] == [1, 2]
