@@ -101,21 +101,26 @@ def licence_flag(licence: str) -> str:
     return ""
 
 
-def _requirements(dist_name: str) -> list[tuple[str, str | None]]:
-    """``(name, extra)`` of what ``dist_name`` requires (``extra`` None for unconditional requirements)."""
+def _requirements(dist_name: str, extras: set[str] | None = None) -> list[tuple[str, str | None, set[str]]]:
+    """``(name, extra, extras it asks of name)`` for what ``dist_name`` requires.
+
+    ``extra`` is None for unconditional requirements, else the extra of ``dist_name`` that brings it. Only the
+    extras in ``extras`` count (every extra the package provides when None, as for medstream itself): so
+    ``tritonclient[grpc,http]`` lists grpcio and geventhttpclient, and a bare ``tritonclient`` would not.
+    """
     from packaging.requirements import Requirement
 
-    out = []
-    for text in metadata.requires(dist_name) or []:
+    dist = metadata.distribution(dist_name)
+    wanted = sorted(dist.metadata.get_all("Provides-Extra") or []) if extras is None else sorted(extras)
+    out: list[tuple[str, str | None, set[str]]] = []
+    for text in dist.requires or []:
         req = Requirement(text)
-        extra = None
-        if req.marker is not None:
-            m = re.search(r'extra\s*==\s*"([^"]+)"', str(req.marker))
-            if m:
-                extra = m.group(1)
-            elif not req.marker.evaluate({"extra": ""}):
-                continue
-        out.append((req.name, extra))
+        if req.marker is None or req.marker.evaluate({"extra": ""}):
+            out.append((req.name, None, set(req.extras)))
+            continue
+        extra = next((e for e in wanted if req.marker.evaluate({"extra": e})), None)
+        if extra is not None:
+            out.append((req.name, extra, set(req.extras)))
     return out
 
 
@@ -129,10 +134,12 @@ def _installed(name: str) -> metadata.Distribution | None:
 def collect(root: str = "medstream") -> list[dict[str, Any]]:
     """Direct dependencies of ``root`` (core and extras, minus dev tools) and everything they pull in."""
     rows: dict[str, dict[str, Any]] = {}
-    direct = [(n, e) for n, e in _requirements(root) if e not in EXCLUDED_EXTRAS]
+    asked: dict[str, set[str]] = {}  # extras some requirement asks of each package, e.g. tritonclient: grpc, http
+    direct = [(n, e, x) for n, e, x in _requirements(root) if e not in EXCLUDED_EXTRAS]
     queue: deque[tuple[str, str]] = deque()
-    for name, extra in direct:
+    for name, extra, extras in direct:
         key = _norm(name)
+        asked.setdefault(key, set()).update(extras)
         if key in rows:
             continue
         rows[key] = {"name": name, "extra": extra, "purpose": PURPOSE.get(key, PURPOSE.get(name, "")), "direct": True}
@@ -141,9 +148,15 @@ def collect(root: str = "medstream") -> list[dict[str, Any]]:
         name, via = queue.popleft()
         if _installed(name) is None:
             continue
-        for dep, extra in _requirements(name):
+        for dep, _extra, extras in _requirements(name, asked.get(_norm(name), set())):
             key = _norm(dep)
-            if extra is not None or key in rows or _installed(dep) is None:
+            if _installed(dep) is None:
+                continue
+            new_extras = extras - asked.get(key, set())
+            asked.setdefault(key, set()).update(extras)
+            if key in rows:
+                if new_extras:  # reached before without these extras: walk it again for what they add
+                    queue.append((dep, via if not rows[key]["direct"] else dep))
                 continue
             parent = rows[_norm(via)]
             rows[key] = {"name": dep, "extra": parent["extra"], "purpose": f"transitive (via {via})", "direct": False}
@@ -198,9 +211,9 @@ def main(args) -> int:
     rows = collect()
     text = json.dumps(rows, indent=2) if args.json else markdown(rows)
     if args.out:
-        from pathlib import Path
+        from medstream.runtime.files import write_text_atomic
 
-        Path(args.out).write_text(text + ("\n" if args.json else ""), encoding="utf-8")
+        write_text_atomic(args.out, text + ("\n" if args.json else ""))
         print(f"wrote {len(rows)} packages to {args.out} ({sum(1 for r in rows if r['flag'])} flagged)")
     else:
         print(text)
